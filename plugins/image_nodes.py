@@ -1,0 +1,237 @@
+"""ComfyUI's image nodes: LoadImage, SaveImage (PNG with the workflow in a ``prompt`` chunk
+and A1111's ``parameters``), PreviewImage, ImageScale and ImageScaleBy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from plugins.core_nodes import MAX_RESOLUTION, center_crop_nchw, resize_nchw, target_size
+from runner import Input, hookimpl, node
+from runner import types as T
+from runner.context import NodeContext
+from runner.images import a1111_parameters, open_image, pil_to_tensor, png_bytes, tensor_to_pils, write_atomic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+def input_image_names(env) -> list[str]:
+    """Image files in the input folder (what LoadImage accepts)."""
+    base = env.settings.input_dir
+    if not base.is_dir():
+        return []
+    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def input_image_path(env, name: str) -> Path:
+    """The file for an input image name; names never escape the input folder."""
+    base = env.settings.input_dir.resolve()
+    path = (base / name).resolve()
+    if base not in path.parents:
+        raise ValueError(f"image name {name!r} points outside the input folder")
+    if not path.is_file():
+        raise FileNotFoundError(f"no image named {name!r} in the input folder {base}")
+    return path
+
+
+def _check_input_image(name: str, env) -> str | None:
+    try:
+        input_image_path(env, name)
+    except (ValueError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
+def _image_changed(ctx: NodeContext, image: str, **_) -> str:
+    return hashlib.sha256(input_image_path(ctx.env, image).read_bytes()).hexdigest()
+
+
+@node(
+    "LoadImage",
+    inputs=[Input("image", T.COMBO, check=_check_input_image)],
+    outputs=(T.IMAGE, T.MASK),
+    output_names=("IMAGE", "MASK"),
+    category="image",
+    is_changed=_image_changed,
+)
+def load_image(ctx: NodeContext, image: str):
+    """Loads an image from the input folder (checked for type, size and content)."""
+    path = input_image_path(ctx.env, image)
+    pil = open_image(path, max_bytes=int(ctx.env.settings.max_upload_mb * 1024 * 1024))
+    return pil_to_tensor(pil)
+
+
+def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """Generation parameters for the A1111 chunk, read from the sampler this output comes from."""
+    def upstream(start: str) -> list[str]:
+        seen, order, stack = set(), [], [start]
+        while stack:
+            nid = stack.pop(0)
+            if nid in seen or nid not in workflow:
+                continue
+            seen.add(nid)
+            order.append(nid)
+            for value in (workflow[nid].get("inputs") or {}).values():
+                if isinstance(value, list) and len(value) == 2:
+                    stack.append(str(value[0]))
+        return order
+
+    def literal(nid: str, name: str):
+        value = (workflow.get(nid, {}).get("inputs") or {}).get(name)
+        return None if isinstance(value, list) else value
+
+    def text_of(link) -> str | None:
+        if not isinstance(link, list):
+            return None
+        for nid in upstream(str(link[0])):
+            if workflow[nid].get("class_type") == "CLIPTextEncode":
+                return literal(nid, "text")
+        return None
+
+    params: dict[str, Any] = {}
+    chain = upstream(node_id)
+    sampler = next((n for n in chain if workflow[n].get("class_type") in ("KSampler", "KSamplerAdvanced")), None)
+    if sampler is None:
+        return params
+    inputs = workflow[sampler].get("inputs") or {}
+    params["prompt"] = text_of(inputs.get("positive")) or ""
+    params["negative"] = text_of(inputs.get("negative")) or ""
+    params["seed"] = literal(sampler, "seed") if literal(sampler, "seed") is not None else literal(sampler, "noise_seed")
+    for key, name in (("steps", "steps"), ("cfg", "cfg"), ("sampler", "sampler_name"), ("scheduler", "scheduler")):
+        params[key] = literal(sampler, name)
+    denoise = literal(sampler, "denoise")
+    if denoise is not None and denoise < 1:
+        params["denoise"] = denoise
+    loras = []
+    for nid in upstream(sampler):
+        cls = workflow[nid].get("class_type")
+        if cls == "CheckpointLoaderSimple":
+            params["model"] = literal(nid, "ckpt_name")
+        elif cls == "LoraLoader":
+            loras.append(f"{literal(nid, 'lora_name')}:{literal(nid, 'strength_model')}")
+        elif cls == "EmptyLatentImage":
+            params["size"] = f"{literal(nid, 'width')}x{literal(nid, 'height')}"
+    if loras:
+        params["loras"] = " ".join(loras)
+    return params
+
+
+_PREFIX_OK = re.compile(r"^[\w\-. /]{1,120}$")
+
+
+def _save(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path, kind: str) -> dict:
+    if not _PREFIX_OK.match(filename_prefix) or ".." in filename_prefix.split("/") or filename_prefix.startswith("/"):
+        raise ValueError(f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', spaces and '/' subfolders")
+    sub, _, stem = filename_prefix.rpartition("/")
+    target = (folder / sub).resolve() if sub else folder.resolve()
+    if folder.resolve() != target and folder.resolve() not in target.parents:
+        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
+    target.mkdir(parents=True, exist_ok=True)
+    workflow = ctx.extra.get("workflow") or {}
+    text = {"prompt": json.dumps(workflow)}
+    params = _parameters_for(workflow, ctx.node_id)
+    if params:
+        text["parameters"] = a1111_parameters(params)
+    for key, value in (ctx.extra.get("png_text") or {}).items():
+        text[str(key)] = str(value)
+    results = []
+    pattern = re.compile(re.escape(stem) + r"_(\d{5})_\.png$")
+    counter = 1 + max((int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0)
+    for pil in tensor_to_pils(images):
+        data = png_bytes(pil, text)
+        while True:
+            path = target / f"{stem}_{counter:05d}_.png"
+            counter += 1
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # claim the name
+            except FileExistsError:
+                continue
+            os.close(fd)
+            break
+        write_atomic(path, data)
+        results.append({"filename": path.name, "subfolder": sub, "type": kind, "path": str(path)})
+    return {"ui": {"images": results}, "result": ()}
+
+
+@node(
+    "SaveImage",
+    inputs=[Input("images", T.IMAGE), Input("filename_prefix", T.STRING, default="ComfyUI")],
+    outputs=(),
+    output_node=True,
+    category="image",
+)
+def save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str):
+    """Saves images as PNG in the output folder, with the workflow (``prompt``) and A1111
+    ``parameters`` text chunks."""
+    return _save(ctx, images, filename_prefix, ctx.env.settings.output_dir, "output")
+
+
+@node("PreviewImage", inputs=[Input("images", T.IMAGE)], outputs=(), output_node=True, category="image")
+def preview_image(ctx: NodeContext, images: torch.Tensor):
+    """Saves images to the temporary folder for a quick look."""
+    return _save(ctx, images, "preview", ctx.env.settings.cache_dir / "temp", "temp")
+
+
+IMAGE_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+
+
+def scale_images(images: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """Resize IMAGE ``[B, H, W, C]``; lanczos goes through PIL."""
+    if method != "lanczos":
+        return resize_nchw(images.permute(0, 3, 1, 2), width, height, method, crop).permute(0, 2, 3, 1).clamp(0, 1)
+    width, height = target_size(images.shape[2], images.shape[1], width, height)
+    nchw = images.permute(0, 3, 1, 2)
+    if crop == "center":
+        nchw = center_crop_nchw(nchw, width, height)
+    out = []
+    for pil in tensor_to_pils(nchw.permute(0, 2, 3, 1)):
+        out.append(pil_to_tensor(pil.resize((width, height), Image.Resampling.LANCZOS))[0])
+    return torch.cat(out)
+
+
+@node(
+    "ImageScale",
+    inputs=[
+        Input("image", T.IMAGE),
+        Input("upscale_method", T.COMBO, choices=IMAGE_UPSCALE_METHODS),
+        Input("width", T.INT, default=512, min=0, max=MAX_RESOLUTION, step=1, limit="max_width"),
+        Input("height", T.INT, default=512, min=0, max=MAX_RESOLUTION, step=1, limit="max_height"),
+        Input("crop", T.COMBO, choices=("disabled", "center")),
+    ],
+    outputs=(T.IMAGE,),
+    category="image",
+)
+def image_scale(ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str):
+    """Resizes images (0 keeps the aspect ratio from the other side)."""
+    return (scale_images(image, width, height, upscale_method, crop),)
+
+
+@node(
+    "ImageScaleBy",
+    inputs=[
+        Input("image", T.IMAGE),
+        Input("upscale_method", T.COMBO, choices=IMAGE_UPSCALE_METHODS),
+        Input("scale_by", T.FLOAT, default=1.0, min=0.01, max=8.0, step=0.01),
+    ],
+    outputs=(T.IMAGE,),
+    category="image",
+)
+def image_scale_by(ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float):
+    """Resizes images by a factor."""
+    w, h = round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
+    if w > ctx.env.settings.max_width or h > ctx.env.settings.max_height:
+        raise ValueError(f"scaling to {w}x{h} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}")
+    return (scale_images(image, max(w, 1), max(h, 1), upscale_method, "disabled"),)
+
+
+@hookimpl
+def easel_node_types():
+    """ComfyUI's image loading, saving and scaling nodes."""
+    return [load_image, save_image, preview_image, image_scale, image_scale_by]

@@ -1,0 +1,160 @@
+"""The denoising loop behind KSampler and KSamplerAdvanced.
+
+It is the loop of diffusers' Stable Diffusion pipelines (scale the input, predict noise
+for the unconditional and conditional halves, apply classifier-free guidance, step the
+scheduler), with ComfyUI's semantics for what goes in:
+
+* the initial noise is drawn on the CPU from ``seed`` for the whole batch, so a seed gives
+  the same image on any device;
+* ``denoise < 1`` builds a schedule of ``int(steps / denoise)`` steps and runs the last
+  ``steps`` of them (diffusers' img2img ``strength`` would run ``int(steps * strength)``);
+* KSamplerAdvanced's start/end steps and leftover noise.
+
+With a zero latent and ``denoise = 1`` it computes exactly what ``StableDiffusionPipeline``
+computes from the same latents, which the tests check pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from plugins.samplers import make_scheduler
+
+# ComfyUI's latent -> RGB approximations, for step previews.
+_LATENT_RGB = {
+    "sd": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
+    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
+}
+
+
+@dataclass
+class Conditioning:
+    """A prompt encoded by a text encoder: per-token embeddings (and SDXL's pooled vector)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Unit Gaussian noise for a whole batch, drawn on the CPU from ``seed`` as ComfyUI does."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+
+
+def latent_preview(latents: torch.Tensor, family: str, size: int = 128):
+    """A small RGB preview of the first latent in the batch (no VAE needed)."""
+    from PIL import Image
+
+    factors, bias = _LATENT_RGB["sdxl" if family == "sdxl" else "sd"]
+    lat = latents[0].float().cpu()
+    rgb = torch.einsum("chw,cr->hwr", lat / 0.18215 if family != "sdxl" else lat / 0.13025, torch.tensor(factors)) + torch.tensor(bias)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    image = Image.fromarray(rgb)
+    image.thumbnail((size, size))
+    return image
+
+
+def _repeat(t: torch.Tensor, batch: int) -> torch.Tensor:
+    return t if t.shape[0] == batch else t[:1].repeat(batch, *([1] * (t.dim() - 1)))
+
+
+def sample(
+    checkpoint,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler_name: str,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent: torch.Tensor,
+    denoise: float = 1.0,
+    add_noise: bool = True,
+    start_step: int | None = None,
+    end_step: int | None = None,
+    force_full_denoise: bool = True,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Denoise ``latent`` (scaled latents, as the UNet sees them) and return the result.
+
+    ``on_step(i, total, latents)`` is called after each scheduler step; it may raise to
+    cancel. Call with the checkpoint's lock held and its UNet LoRAs set.
+    """
+    pipe = checkpoint.pipe
+    unet = pipe.unet
+    device = checkpoint.device
+    dtype = unet.dtype
+    sched, step_kwargs = make_scheduler(sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, seed))
+
+    if start_step is None:  # KSampler: ComfyUI's denoise semantics
+        total = steps if denoise >= 1.0 else max(int(steps / denoise), steps)
+        start_step, end_step = total - steps, total
+    else:
+        total = steps
+        end_step = min(end_step if end_step is not None else total, total)
+    sched.set_timesteps(total, device=device)
+    order = getattr(sched, "order", 1)
+    timesteps = sched.timesteps[start_step * order : end_step * order]
+    if len(timesteps) == 0:
+        return latent.clone()
+    if start_step > 0 and hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start_step * order)
+
+    batch = latent.shape[0]
+    latent = latent.to(device=device, dtype=torch.float32)
+    if add_noise:
+        noise = initial_noise(tuple(latent.shape), seed).to(device)
+        if start_step == 0:
+            x = noise * sched.init_noise_sigma + latent
+        else:
+            x = sched.add_noise(latent, noise, timesteps[:1].repeat(batch))
+    else:
+        x = latent
+    x = x.to(dtype)
+
+    do_cfg = cfg > 1.0
+    cond = _repeat(positive.embeds, batch).to(device, dtype)
+    uncond = _repeat(negative.embeds, batch).to(device, dtype)
+    embeds = torch.cat([uncond, cond]) if do_cfg else cond
+    added = None
+    if checkpoint.is_xl:
+        height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype).repeat(batch, 1)
+        pooled = _repeat(positive.pooled, batch).to(device, dtype)
+        if do_cfg:
+            pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        added = {"text_embeds": pooled, "time_ids": time_ids}
+
+    step_params = inspect.signature(sched.step).parameters
+    if "generator" in step_params:
+        step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
+    last = None
+    with torch.inference_mode():
+        for i, t in enumerate(timesteps):
+            model_in = torch.cat([x] * 2) if do_cfg else x
+            model_in = sched.scale_model_input(model_in, t)
+            noise_pred = unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+            if do_cfg:
+                noise_uncond, noise_cond = noise_pred.chunk(2)
+                noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
+            last = sched.step(noise_pred, t, x, **step_kwargs, return_dict=True)
+            x = last.prev_sample
+            if on_step is not None:
+                on_step(i + 1, len(timesteps), x)
+    if end_step < total and force_full_denoise and last is not None:
+        denoised = getattr(last, "pred_original_sample", None)
+        if denoised is not None:
+            x = denoised
+    return x.to(torch.float32).cpu()
+
+
+def _scheduler_config(config, seed: int) -> dict:
+    out = dict(config)
+    out["noise_sampler_seed"] = int(seed) % (2**63)
+    return out

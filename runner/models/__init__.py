@@ -1,0 +1,1 @@
+"""Model management: finding, loading and caching checkpoints, LoRAs and devices."""

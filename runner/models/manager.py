@@ -1,0 +1,362 @@
+"""Finding and loading checkpoints and LoRAs, and keeping them loaded under a memory budget.
+
+Checkpoint names resolve, in order, to: the built-in ``tiny-random`` model; a file or a
+diffusers folder under ``checkpoints/`` (or ``diffusers/``) of a models folder in
+ComfyUI's layout; a Hugging Face repo id (``org/name``) when hub downloads are allowed.
+Weights load from safetensors only: pickle formats are refused before any byte is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from runner.errors import ModelError, UnsafeFileError
+from runner.models.device import memory_budget_bytes, pick_device, pick_dtype
+from runner.models.tiny import TINY_NAME, tiny_model_dir
+from runner.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+CHECKPOINT_FOLDERS = ("checkpoints", "diffusers")
+LORA_FOLDERS = ("loras",)
+
+
+def refuse_unsafe(path: str | Path) -> None:
+    """Raise UnsafeFileError for pickle-based weight files (they can run code when loaded)."""
+    if str(path).lower().endswith(UNSAFE_SUFFIXES):
+        raise UnsafeFileError(
+            f"{Path(str(path)).name}: pickle-based weights ({Path(str(path)).suffix}) can run arbitrary code "
+            "when loaded, so easel refuses them; convert the file to .safetensors first"
+        )
+
+
+def safe_relative_name(name: str) -> PurePosixPath:
+    """A model name as a relative path inside a models folder; refuses absolute paths and '..'."""
+    cleaned = name.replace("\\", "/")
+    rel = PurePosixPath(cleaned)
+    if not cleaned or rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or ":" in rel.parts[0]:
+        raise ModelError(f"model name {name!r} must be a plain name relative to the models folder")
+    return rel
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: a diffusers pipeline plus what easel knows about it.
+
+    ``lock`` serialises use of the shared modules (LoRA switching, sampling).
+    """
+
+    name: str
+    family: str
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    source: str
+    size_bytes: int
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    adapters: dict[str, str] = field(default_factory=dict)
+    """LoRA file key (path and mtime) -> adapter name, for adapters kept loaded."""
+    active: tuple = ()
+
+    @property
+    def is_xl(self) -> bool:
+        return self.family == "sdxl"
+
+    def activate_loras(
+        self, unet: Sequence[tuple[Path, float]] = (), text_encoder: Sequence[tuple[Path, float]] = ()
+    ) -> None:
+        """Make exactly these LoRAs active with these weights, loading any not yet loaded.
+
+        Call with ``lock`` held. Adapters stay loaded between jobs; only their weights
+        change (``set_adapters``), so switching costs about a millisecond.
+        """
+        wanted: dict[str, dict[str, float]] = {}
+        for component, items in (("unet", unet), ("text_encoder", text_encoder)):
+            for path, weight in items:
+                adapter = self._ensure_adapter(path)
+                weights = wanted.setdefault(adapter, {"unet": 0.0, "text_encoder": 0.0})
+                weights[component] += float(weight)
+        state = tuple(sorted((a, w["unet"], w["text_encoder"]) for a, w in wanted.items()))
+        if state == self.active:
+            return
+        if not wanted:
+            self.pipe.disable_lora()
+        else:
+            self.pipe.enable_lora()
+            names = list(wanted)
+            weights: list[dict[str, float]] = []
+            for name in names:
+                w = dict(wanted[name])
+                if self.is_xl:
+                    w["text_encoder_2"] = w["text_encoder"]
+                weights.append(w)
+            self.pipe.set_adapters(names, adapter_weights=weights)
+        self.active = state
+
+    def _ensure_adapter(self, path: Path) -> str:
+        key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
+        adapter = self.adapters.get(key)
+        if adapter is not None:
+            return adapter
+        from safetensors.torch import load_file
+
+        refuse_unsafe(path)
+        adapter = f"lora{len(self.adapters)}"
+        try:
+            state_dict = load_file(str(path))
+            self.pipe.load_lora_weights(state_dict, adapter_name=adapter)
+        except Exception as exc:
+            raise ModelError(f"LoRA {path.name} could not be loaded into {self.name}: {exc}") from exc
+        self.adapters[key] = adapter
+        return adapter
+
+
+class ModelManager:
+    """Resolves names, loads checkpoints and keeps them in an LRU cache under a memory budget."""
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self.device = pick_device(settings)
+        self.dtype = pick_dtype(settings, self.device)
+        self._loaded: OrderedDict[str, Checkpoint] = OrderedDict()
+        self._lock = threading.RLock()
+        self.load_seconds: dict[str, float] = {}
+        self.extra_lora_paths: dict[str, Path] = {}
+        """LoRAs registered by name from elsewhere (the bot's per-user library)."""
+
+    # Names ------------------------------------------------------------------------
+    def checkpoint_names(self) -> list[str]:
+        """Every checkpoint name that can be loaded (unsafe files excluded)."""
+        names = [TINY_NAME]
+        for root in self.settings.model_roots:
+            for folder in CHECKPOINT_FOLDERS:
+                base = root / folder
+                names.extend(self._scan(base, (".safetensors",), diffusers_dirs=True))
+        return list(dict.fromkeys(names))
+
+    def lora_names(self) -> list[str]:
+        """Every LoRA file name under ``loras/`` of the models folders."""
+        names: list[str] = []
+        for root in self.settings.model_roots:
+            for folder in LORA_FOLDERS:
+                names.extend(self._scan(root / folder, (".safetensors",), diffusers_dirs=False))
+        return list(dict.fromkeys(names))
+
+    def unsafe_files(self) -> list[Path]:
+        """Pickle-based weight files found in the models folders (listed so people know why)."""
+        found: list[Path] = []
+        for root in self.settings.model_roots:
+            for folder in (*CHECKPOINT_FOLDERS, *LORA_FOLDERS, "vae"):
+                base = root / folder
+                if base.is_dir():
+                    found.extend(p for p in sorted(base.rglob("*")) if p.suffix.lower() in UNSAFE_SUFFIXES)
+        return found
+
+    @staticmethod
+    def _scan(base: Path, suffixes: Iterable[str], diffusers_dirs: bool) -> list[str]:
+        if not base.is_dir():
+            return []
+        names: list[str] = []
+        for path in sorted(base.rglob("*")):
+            rel = path.relative_to(base).as_posix()
+            if path.is_file() and path.suffix.lower() in suffixes:
+                names.append(rel)
+            elif diffusers_dirs and path.is_dir() and (path / "model_index.json").is_file():
+                names.append(rel)
+        return names
+
+    def check_checkpoint_name(self, name: str) -> str | None:
+        """None if ``name`` can be loaded, else a sentence saying why not (for validation)."""
+        try:
+            self.resolve_checkpoint(name)
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    def resolve_checkpoint(self, name: str) -> tuple[str, Path | str]:
+        """``(kind, location)`` for a checkpoint name: kind is builtin, file, folder or hub."""
+        if name == TINY_NAME:
+            return "builtin", TINY_NAME
+        refuse_unsafe(name)
+        rel = safe_relative_name(name)
+        for root in self.settings.model_roots:
+            for folder in CHECKPOINT_FOLDERS:
+                candidate = root / folder / rel
+                if candidate.is_file() and candidate.suffix.lower() == ".safetensors":
+                    return "file", candidate
+                if candidate.is_dir() and (candidate / "model_index.json").is_file():
+                    return "folder", candidate
+        if self.settings.allow_hub_downloads and len(rel.parts) == 2 and not rel.suffix:
+            return "hub", name
+        available = ", ".join(self.checkpoint_names())
+        hint = "" if self.settings.allow_hub_downloads else " (Hugging Face repo ids need allow_hub_downloads)"
+        raise ModelError(f"no checkpoint named {name!r}; available: {available}{hint}")
+
+    def lora_path(self, name: str) -> Path:
+        """The file of a LoRA name (with or without ``.safetensors``)."""
+        refuse_unsafe(name)
+        rel = safe_relative_name(name)
+        for root in self.settings.model_roots:
+            for folder in LORA_FOLDERS:
+                for candidate in (root / folder / rel, root / folder / f"{rel}.safetensors"):
+                    if candidate.is_file() and candidate.suffix.lower() == ".safetensors":
+                        return candidate
+        extra = self.extra_lora_paths.get(name)
+        if extra is not None and extra.is_file():
+            return extra
+        raise ModelError(f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}")
+
+    # Loading ----------------------------------------------------------------------
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The loaded checkpoint ``name``, loading it (and evicting others) if needed."""
+        with self._lock:
+            loaded = self._loaded.get(name)
+            if loaded is not None:
+                self._loaded.move_to_end(name)
+                return loaded
+            kind, location = self.resolve_checkpoint(name)
+            t0 = time.perf_counter()
+            pipe, family = self._load(kind, location)
+            checkpoint = Checkpoint(
+                name=name,
+                family=family,
+                pipe=pipe,
+                device=self.device,
+                dtype=self.dtype,
+                source=str(location),
+                size_bytes=_pipeline_bytes(pipe),
+            )
+            self._prepare(checkpoint)
+            self.load_seconds[name] = time.perf_counter() - t0
+            self._make_room(checkpoint.size_bytes)
+            self._loaded[name] = checkpoint
+            log.info("loaded %s (%s, %.1f MB) in %.2fs", name, family, checkpoint.size_bytes / 1e6, self.load_seconds[name])
+            return checkpoint
+
+    def loaded(self) -> list[Checkpoint]:
+        """Checkpoints in memory, least recently used first."""
+        return list(self._loaded.values())
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            self._loaded.pop(name, None)
+
+    def clear(self) -> None:
+        """Unload every checkpoint."""
+        with self._lock:
+            self._loaded.clear()
+
+    def _make_room(self, incoming: int) -> None:
+        budget = memory_budget_bytes(self.settings, self.device)
+        while self._loaded and sum(c.size_bytes for c in self._loaded.values()) + incoming > budget:
+            name, evicted = self._loaded.popitem(last=False)
+            log.info("evicting %s (%.1f MB) to stay within the model memory budget", name, evicted.size_bytes / 1e6)
+
+    def _load(self, kind: str, location: Path | str) -> tuple[Any, str]:
+        from diffusers import DiffusionPipeline
+
+        try:
+            if kind == "builtin":
+                folder = tiny_model_dir(self.settings.cache_dir)
+                return self._from_folder(folder), "sd1"
+            if kind == "folder":
+                return self._from_folder(Path(location)), _folder_family(Path(location))
+            if kind == "file":
+                from runner.models.single_file import load_single_file
+
+                return load_single_file(Path(location), cache_dir=self.settings.cache_dir, torch_dtype=self.dtype)
+            pipe = DiffusionPipeline.from_pretrained(
+                str(location), torch_dtype=self.dtype, use_safetensors=True, safety_checker=None
+            )
+            return pipe, _pipe_family(pipe)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"checkpoint {location} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+    def _from_folder(self, folder: Path) -> Any:
+        from diffusers import DiffusionPipeline
+
+        kwargs: dict[str, Any] = {}
+        index = json.loads((folder / "model_index.json").read_text())
+        if "safety_checker" in index:
+            kwargs["safety_checker"] = None
+            kwargs["requires_safety_checker"] = False
+        return DiffusionPipeline.from_pretrained(
+            str(folder), torch_dtype=self.dtype, use_safetensors=True, local_files_only=True, **kwargs
+        )
+
+    def _prepare(self, checkpoint: Checkpoint) -> None:
+        """Apply the speed and memory settings to a freshly loaded pipeline."""
+        pipe = checkpoint.pipe
+        settings = self.settings
+        pipe.set_progress_bar_config(disable=True)
+        if settings.attention == "sdpa":
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+        else:
+            from diffusers.models.attention_processor import AttnProcessor
+
+            pipe.unet.set_attn_processor(AttnProcessor())
+        if settings.vae_tiling == "on":
+            pipe.vae.enable_tiling()
+        if settings.low_vram and self.device.type == "cuda":
+            pipe.enable_model_cpu_offload(gpu_id=self.device.index or 0)
+        else:
+            if settings.low_vram:
+                log.warning("low_vram needs a CUDA GPU; running %s on %s without offload", checkpoint.name, self.device)
+            pipe.to(self.device)
+        if settings.compile:
+            pipe.unet = torch.compile(pipe.unet)
+
+    def describe(self) -> dict[str, Any]:
+        """What can be loaded and what is loaded, for ``easel models``."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "models_folders": [str(p) for p in self.settings.model_roots],
+            "checkpoints": self.checkpoint_names(),
+            "loras": self.lora_names(),
+            "refused_unsafe_files": [str(p) for p in self.unsafe_files()],
+            "loaded": [c.name for c in self.loaded()],
+        }
+
+
+def _pipeline_bytes(pipe: Any) -> int:
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in component.parameters())
+    return total
+
+
+def _pipe_family(pipe: Any) -> str:
+    name = type(pipe).__name__
+    if "XL" in name:
+        return "sdxl"
+    hidden = getattr(getattr(pipe, "text_encoder", None), "config", None)
+    if hidden is not None and getattr(hidden, "hidden_size", 768) == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def _folder_family(folder: Path) -> str:
+    index = json.loads((folder / "model_index.json").read_text())
+    if "XL" in str(index.get("_class_name", "")):
+        return "sdxl"
+    config = folder / "text_encoder" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("hidden_size") == 1024:
+        return "sd2"
+    return "sd1"

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: tiny pipelines and writers of foreign weight layouts."""
