@@ -206,21 +206,24 @@ class Database:
         with self._lock(), self.write_session_factory.begin() as session:
             yield session
 
-    def run_sync(self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def run_sync(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Call ``fn(session, *args, **kwargs)`` in one write unit of work and return
         its result."""
         with self.begin() as session:
             return fn(session, *args, **kwargs)
 
-    def read_sync(self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    def read_sync(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Call ``fn(session, *args, **kwargs)`` in a read-only session (anything it
         writes is rolled back) and return its result."""
         guard = self._lock() if self._serialize_reads else nullcontext()
+        # Closing (not rolling back) ends the transaction without expiring the rows
+        # that are handed back.
         with guard, self.session_factory() as session:
-            try:
-                return fn(session, *args, **kwargs)
-            finally:
-                session.rollback()
+            return fn(session, *args, **kwargs)
 
     def upgrade(self, revision: str = "head") -> None:
         """Apply Alembic migrations up to ``revision`` (the application does this at
@@ -258,13 +261,17 @@ class Database:
         ctx = contextvars.copy_context()
         return await loop.run_in_executor(pool, ctx.run, call)
 
-    async def run(self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Await ``fn(session, *args, **kwargs)`` run in one write unit of work on a
         worker thread. The event loop is never blocked."""
         call = functools.partial(self.run_sync, fn, *args, **kwargs)
         return await self._in_thread(self._write_pool, call)
 
-    async def read(self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def read(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         """Await ``fn(session, *args, **kwargs)`` run in a read-only session on a worker
         thread; reads run concurrently with each other and with writes (WAL)."""
         call = functools.partial(self.read_sync, fn, *args, **kwargs)

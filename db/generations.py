@@ -103,10 +103,10 @@ def add_output(
     size_bytes: int,
 ) -> GenerationOutput:
     """Record one output image of a generation (already stored by the caller)."""
-    if session.get(Generation, generation_id) is None:
+    generation = session.get(Generation, generation_id)
+    if generation is None:
         raise NotFound("generation", generation_id)
     output = GenerationOutput(
-        generation_id=generation_id,
         index=index,
         path=path,
         sha256=sha256,
@@ -114,7 +114,8 @@ def add_output(
         height=height,
         size_bytes=size_bytes,
     )
-    session.add(output)
+    # Through the relationship, so a generation already in the session sees it.
+    generation.outputs.append(output)
     session.flush()
     return output
 
@@ -245,9 +246,7 @@ def find_generation_by_output_hash(session: Session, sha256: str) -> Generation 
 
 def count_output_references(session: Session, sha256: str) -> int:
     """How many output rows (of any user) use the image file with this hash."""
-    return (
-        session.scalar(select(func.count()).where(GenerationOutput.sha256 == sha256)) or 0
-    )
+    return session.scalar(select(func.count()).where(GenerationOutput.sha256 == sha256)) or 0
 
 
 def unreferenced_images(session: Session, outputs: list[StoredFile]) -> list[StoredFile]:

@@ -122,8 +122,8 @@ def is_up_to_date(target: str | URL | Engine) -> bool:
 def schema_differences(target: str | URL | Engine) -> list[Any]:
     """Alembic's autogenerate comparison of the live schema with the models' metadata:
     an empty list when migrations and models agree."""
-    from db.base import Base
     from db import models  # noqa: F401  (registers the tables on Base.metadata)
+    from db.base import Base
 
     with _connection(target) as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})

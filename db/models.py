@@ -5,6 +5,9 @@ Discord ids are the users' primary keys. Files (images, LoRAs) live on disk unde
 data folder, named by content hash; rows hold the relative path and the sha256.
 """
 
+# Nullable mapped columns are spelt Optional[...], as in SQLAlchemy's own docs.
+# ruff: noqa: UP045
+
 from __future__ import annotations
 
 import enum
@@ -14,7 +17,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Enum,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -220,7 +222,7 @@ class Generation(Base):
     )
 
     @property
-    def duration_s(self) -> Optional[float]:
+    def duration_s(self) -> float | None:
         """Seconds from start to finish, when both are known."""
         if self.started_at is None or self.finished_at is None:
             return None

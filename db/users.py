@@ -127,10 +127,12 @@ def update_settings(session: Session, user_id: int, **changes: Any) -> UserSetti
     settings = get_settings(session, user_id)
     if "seed_policy" in checked and checked["seed_policy"] is None:
         checked["seed_policy"] = SeedPolicy.RANDOM
+    policy = checked.get("seed_policy", settings.seed_policy)
+    fixed_seed = checked.get("fixed_seed", settings.fixed_seed)
+    if policy is SeedPolicy.FIXED and fixed_seed is None:
+        raise InvalidValue("fixed_seed", None, "the fixed seed policy needs a seed")
     for name, value in checked.items():
         setattr(settings, name, value)
-    if settings.seed_policy is SeedPolicy.FIXED and settings.fixed_seed is None:
-        raise InvalidValue("fixed_seed", None, "the fixed seed policy needs a seed")
     settings.updated_at = utcnow()
     session.flush()
     return settings

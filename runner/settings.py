@@ -40,6 +40,9 @@ class EngineSettings(BaseSettings):
         description="Models folder in ComfyUI's layout (checkpoints/, loras/, vae/). "
         "Defaults to DATA_DIR/models; may point at an existing ComfyUI models folder.",
     )
+    cache_folder: Path | None = Field(
+        default=None, description="Where built models and tokenizers are kept; defaults to DATA_DIR/cache."
+    )
     extra_model_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="More models folders in the same layout, searched after models_dir."
     )
@@ -112,4 +115,4 @@ class EngineSettings(BaseSettings):
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.cache_folder or (self.data_dir / "cache")

@@ -166,7 +166,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.BigInteger(), nullable=False),
         sa.Column("generation_id", sa.Integer(), nullable=True),
-        sa.Column("status", _enum("job_status", *STATUSES), server_default="queued", nullable=False),
+        sa.Column(
+            "status", _enum("job_status", *STATUSES), server_default="queued", nullable=False
+        ),
         sa.Column("priority", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("request", sa.JSON(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),

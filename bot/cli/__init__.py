@@ -1,0 +1,26 @@
+"""The ``easel`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from bot.cli.common import setup_logging
+from bot.cli.doctor import doctor
+from bot.cli.engine_commands import generate, models, nodes, run_workflows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="easel")
+def cli(verbose: int) -> None:
+    """easel: Stable Diffusion workflows (ComfyUI format) from the command line and Discord."""
+    setup_logging(verbose)
+
+
+for command in (generate, run_workflows, nodes, models, doctor):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point of the ``easel`` console script."""
+    cli(prog_name="easel")

@@ -1,0 +1,253 @@
+"""``easel generate``, ``easel run``, ``easel nodes`` and ``easel models``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bot.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, handle_errors, load_settings, make_environment
+from bot.cli.progress import JsonlEvents, ProgressDisplay
+
+OUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``NAME:WEIGHT`` (weight optional, default 1.0) -> (name, weight)."""
+    name, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: the weight after ':' must be a number, got {weight!r}", param_hint="--lora") from None
+    if not name:
+        raise click.BadParameter(f"{text!r}: give NAME:WEIGHT", param_hint="--lora")
+    return name, value
+
+
+def store_input_image(settings, path: Path) -> str:
+    """Check an init image and copy it into the input folder under its content hash; returns
+    the name LoadImage takes."""
+    from runner.images import BadImage, open_image, sha256_bytes, write_atomic
+
+    try:
+        image = open_image(path, max_bytes=int(settings.max_upload_mb * 1024 * 1024))
+    except BadImage as exc:
+        raise click.ClickException(f"--init-image: {exc}") from None
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    name = f"{sha256_bytes(data)[:20]}.png"
+    target = settings.input_dir / name
+    if not target.exists():
+        write_atomic(target, data)
+    return name
+
+
+def write_outputs(images: list[str], out: Path) -> list[Path]:
+    """Copy the saved PNGs to ``out`` (``out_2.png``... for more than one), converting to the
+    format the suffix names."""
+    from PIL import Image
+
+    from runner.images import write_atomic
+
+    fmt = OUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise click.BadParameter(f"{out}: use a .png, .jpg or .webp file name", param_hint="--out")
+    written = []
+    for i, source in enumerate(images):
+        target = out if i == 0 else out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
+        if fmt == "PNG":
+            data = Path(source).read_bytes()
+        else:
+            import io
+
+            buf = io.BytesIO()
+            with Image.open(source) as im:
+                im.convert("RGB").save(buf, format=fmt, quality=92)
+            data = buf.getvalue()
+        write_atomic(target, data)
+        written.append(target)
+    return written
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--negative", default="", help="What the image should not show.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Random when not given.")
+@click.option("--steps", type=click.IntRange(1, None), default=20, show_default=True)
+@click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--sampler", default="euler", show_default=True, help="A ComfyUI sampler name (easel nodes KSampler).")
+@click.option("--scheduler", default="normal", show_default=True, help="A ComfyUI scheduler name.")
+@click.option("--width", type=click.IntRange(16, None), default=512, show_default=True)
+@click.option("--height", type=click.IntRange(16, None), default=512, show_default=True)
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Images in one batch.")
+@click.option("--model", help="Checkpoint name (easel models); the configured default otherwise.")
+@click.option("--lora", "loras", multiple=True, metavar="NAME:WEIGHT", help="Apply a LoRA; repeatable.")
+@click.option("--init-image", type=click.Path(dir_okay=False, path_type=Path), help="Image for img2img.")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True, help="img2img denoise.")
+@click.option("--template", help="Workflow template (txt2img, img2img, or one from a plugin).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the image here (.png/.jpg/.webp).")
+@click.option("--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout.")
+@click.option("--print-workflow", is_flag=True, help="Print the workflow the template built and stop.")
+@handle_errors
+def generate(prompt, negative, seed, steps, cfg, sampler, scheduler, width, height, batch, model, loras,
+             init_image, strength, template, out, events, print_workflow):
+    """Generate an image from PROMPT with a workflow template (txt2img, or img2img with --init-image)."""
+    from pydantic import ValidationError
+
+    from runner.templates import GenerationRequest
+
+    settings = load_settings()
+    parsed_loras = [parse_lora(text) for text in loras]
+    if init_image is not None and not init_image.is_file():
+        raise click.BadParameter(f"{init_image}: no such file", param_hint="--init-image")
+    if out is not None and out.suffix.lower() not in OUT_FORMATS:
+        raise click.BadParameter(f"{out}: use a .png, .jpg or .webp file name", param_hint="--out")
+    try:
+        request = GenerationRequest(
+            prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler,
+            width=width, height=height, batch_size=batch, loras=parsed_loras, strength=strength, model=model,
+            template=template,
+        ).with_seed()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise click.ClickException(problems) from None
+    env = make_environment(settings)
+    if init_image is not None:
+        request = request.model_copy(update={"init_image": store_input_image(settings, init_image)})
+    workflow = env.build_workflow(request)
+    if print_workflow:
+        click.echo(json.dumps(workflow, indent=2))
+        return
+    click.echo(f"seed {request.seed}", err=True)
+    if events:
+        result = env.run(workflow, on_event=JsonlEvents())
+    else:
+        with ProgressDisplay() as display:
+            result = env.run(workflow, on_event=display)
+    paths = write_outputs(result.images, out) if out else [Path(p) for p in result.images]
+    for path in paths:
+        click.echo(str(path), err=bool(events))
+    env.close()
+
+
+@click.command("run")
+@click.argument("workflows", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE", help="Override an input; repeatable.")
+@click.option("--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout.")
+@click.option("--previews", is_flag=True, help="Include small step previews in progress events.")
+@handle_errors
+def run_workflows(workflows, overrides, events, previews):
+    """Run WORKFLOWS (ComfyUI API-format JSON files) in order, in one process, so the node cache
+    carries over between them."""
+    from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowError, WorkflowInvalid
+    from runner.workflow import apply_overrides, load_workflow
+
+    settings = load_settings()
+    loaded = []
+    for path in workflows:  # read everything first: a typo in the 3rd file fails before any work
+        try:
+            loaded.append((path, apply_overrides(load_workflow(path), list(overrides))))
+        except WorkflowError as exc:
+            click.echo(f"error: {path}: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+    env = make_environment(settings)
+    worst = 0
+    for path, workflow in loaded:
+        try:
+            if events:
+                result = env.run(workflow, on_event=JsonlEvents(), previews=previews)
+            else:
+                with ProgressDisplay() as display:
+                    result = env.run(workflow, on_event=display, previews=previews)
+        except WorkflowInvalid as exc:
+            click.echo(f"error: {path}: {exc}", err=True)
+            worst = max(worst, EXIT_BAD_INPUT)
+            continue
+        except JobCancelled:
+            raise
+        except (NodeExecutionError, EaselError) as exc:
+            click.echo(f"error: {path}: {exc}", err=True)
+            worst = max(worst, EXIT_FAILED)
+            continue
+        summary = f"{path}: ran {len(result.executed)} node(s), {len(result.cached)} from cache, {result.seconds:.2f}s"
+        click.echo(summary, err=True)
+        for image in result.images:
+            click.echo(image, err=bool(events))
+    env.close()
+    if worst:
+        sys.exit(worst)
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def nodes(names, as_json):
+    """List node types with their inputs and outputs (or only NAMES)."""
+    settings = load_settings()
+    env = make_environment(settings)
+    chosen = [env.node_types[n] for n in names if n in env.node_types] if names else list(env.node_types.values())
+    missing = [n for n in names if n not in env.node_types]
+    if missing:
+        raise click.ClickException(f"unknown node type(s): {', '.join(missing)}")
+    described = [nt.describe() for nt in sorted(chosen, key=lambda n: (n.category, n.name))]
+    for item, nt in zip(described, sorted(chosen, key=lambda n: (n.category, n.name)), strict=True):
+        for spec in nt.inputs:
+            allowed = spec.allowed(env)
+            if allowed is not None:
+                item["inputs"][spec.name]["choices"] = allowed
+    if as_json:
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    for item in described:
+        outs = ", ".join(f"{o['name']}:{o['type']}" for o in item["outputs"]) or "(output node)"
+        click.echo(f"{item['class_type']}  [{item['category']}, {item['plugin']}]  -> {outs}")
+        if item["description"]:
+            click.echo(f"    {item['description']}")
+        for name, spec in item["inputs"].items():
+            extra = []
+            if "default" in spec:
+                extra.append(f"default {spec['default']}")
+            if "min" in spec or "max" in spec:
+                extra.append(f"{spec.get('min', '')}..{spec.get('max', '')}")
+            if "choices" in spec:
+                shown = spec["choices"][:12]
+                extra.append("one of " + ", ".join(map(str, shown)) + (" ..." if len(spec["choices"]) > 12 else ""))
+            opt = "" if spec["required"] else " (optional)"
+            click.echo(f"    {name}: {spec['type']}{opt}" + (f"  [{'; '.join(extra)}]" if extra else ""))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def models(as_json):
+    """List the checkpoints and LoRAs that can be loaded, and where easel looks for them."""
+    settings = load_settings()
+    from bot.cli.common import quiet_libraries
+
+    quiet_libraries()
+    from runner.models.manager import ModelManager
+
+    info = ModelManager(settings).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"device: {info['device']} ({info['dtype']})")
+    click.echo("models folders (ComfyUI layout: checkpoints/, loras/, vae/): " + ", ".join(info["models_folders"]))
+    click.echo("checkpoints:")
+    for name in info["checkpoints"]:
+        click.echo(f"  {name}")
+    click.echo("loras:" + ("" if info["loras"] else " (none)"))
+    for name in info["loras"]:
+        click.echo(f"  {name}")
+    if info["refused_unsafe_files"]:
+        click.echo("refused (pickle-based, convert to .safetensors):")
+        for name in info["refused_unsafe_files"]:
+            click.echo(f"  {name}")

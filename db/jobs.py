@@ -1,0 +1,150 @@
+"""Durable job records. The scheduler decides order and fairness; this module only
+stores what it decides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.errors import InvalidTransition, InvalidValue, NotFound
+from db.models import Generation, Job, JobStatus
+from db.users import get_or_create_user
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _status(value: JobStatus | str) -> JobStatus:
+    try:
+        return JobStatus(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in JobStatus)
+        raise InvalidValue("status", value, f"must be one of {choices}") from None
+
+
+def create_job(
+    session: Session,
+    user_id: int,
+    *,
+    request: Mapping[str, Any],
+    generation_id: int | None = None,
+    priority: int = 0,
+) -> Job:
+    """A new queued job for ``user_id`` (created if new) with its request as JSON."""
+    if not isinstance(request, Mapping):
+        raise InvalidValue("request", request, "expected a JSON object")
+    get_or_create_user(session, user_id)
+    if generation_id is not None and session.get(Generation, generation_id) is None:
+        raise NotFound("generation", generation_id)
+    now = utcnow()
+    job = Job(
+        user_id=user_id,
+        request=dict(request),
+        generation_id=generation_id,
+        priority=priority,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        queued_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    """The job with this id; raises :class:`NotFound`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job", job_id)
+    return job
+
+
+def set_job_status(
+    session: Session,
+    job_id: int,
+    status: JobStatus | str,
+    *,
+    error: str | None = None,
+    worker: str | None = None,
+    at: datetime | None = None,
+) -> Job:
+    """Move a job to ``status``.
+
+    ``running`` counts an attempt and stamps ``started_at`` (and ``worker``);
+    ``queued`` (e.g. requeued after a restart) stamps ``queued_at``; done, failed and
+    cancelled stamp ``finished_at``. A finished job cannot change again:
+    :class:`InvalidTransition`.
+    """
+    status = _status(status)
+    job = get_job(session, job_id)
+    if job.status.finished and status is not job.status:
+        raise InvalidTransition("job", job_id, job.status, status)
+    at = at or utcnow()
+    if status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
+        job.attempts += 1
+        job.started_at = at
+    elif status is JobStatus.QUEUED and job.status is not JobStatus.QUEUED:
+        job.queued_at = at
+    elif status.finished and job.finished_at is None:
+        job.finished_at = at
+    job.status = status
+    if worker is not None:
+        job.worker = worker
+    if error is not None:
+        job.error = error
+    job.updated_at = at
+    session.flush()
+    return job
+
+
+def mark_job_posted(session: Session, job_id: int, message_id: int) -> bool:
+    """Record that a job's result was posted as ``message_id``.
+
+    Returns True the first time and False if it was already posted, so that a result
+    is posted once even when several workers (or a restart) race to post it.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.posted.is_(False))
+        .values(posted=True, posted_message_id=message_id, updated_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    get_job(session, job_id)  # NotFound for a missing job
+    return False
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: Iterable[JobStatus | str] | None = None,
+    user_id: int | None = None,
+    limit: int | None = None,
+) -> list[Job]:
+    """Jobs filtered by status and/or user, highest priority first, then oldest
+    first. ``list_jobs(s, statuses=ACTIVE_STATUSES)`` finds what to resume after a
+    restart."""
+    stmt = select(Job)
+    if statuses is not None:
+        stmt = stmt.where(Job.status.in_([_status(s) for s in statuses]))
+    if user_id is not None:
+        stmt = stmt.where(Job.user_id == user_id)
+    stmt = stmt.order_by(Job.priority.desc(), Job.created_at, Job.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def count_active_jobs(session: Session, user_id: int) -> int:
+    """How many of the user's jobs are queued or running (for the per-user cap)."""
+    return (
+        session.scalar(
+            select(func.count()).where(Job.user_id == user_id, Job.status.in_(ACTIVE_STATUSES))
+        )
+        or 0
+    )
