@@ -114,6 +114,7 @@ def delete_user_data(session: Session, user_id: int) -> list[StoredFile]:
     the files that no row references any more, for the caller to delete. Deleting an
     unknown user deletes nothing and returns an empty list.
     """
+    session.flush()  # bulk statements below bypass the unit of work
     files = _user_files(session, user_id)
     own_generations = select(Generation.id).where(Generation.user_id == user_id)
     # Explicit, child-first deletes rather than relying on ON DELETE alone, so the

@@ -70,7 +70,7 @@ def _check_lora(name: str, env) -> str | None:
 
 @node(
     "CheckpointLoaderSimple",
-    inputs=[Input("ckpt_name", T.COMBO, check=_check_checkpoint)],
+    inputs=[Input("ckpt_name", T.COMBO, choices=_checkpoint_names, check=_check_checkpoint)],
     outputs=(T.MODEL, T.CLIP, T.VAE),
     output_names=("MODEL", "CLIP", "VAE"),
     category="loaders",
@@ -93,7 +93,7 @@ def _lora_changed(ctx: NodeContext, lora_name: str, **_) -> str:
     inputs=[
         Input("model", T.MODEL),
         Input("clip", T.CLIP),
-        Input("lora_name", T.COMBO, check=_check_lora),
+        Input("lora_name", T.COMBO, choices=lambda env: env.models.lora_names(), check=_check_lora),
         Input("strength_model", T.FLOAT, default=1.0, min=-100.0, max=100.0, step=0.01),
         Input("strength_clip", T.FLOAT, default=1.0, min=-100.0, max=100.0, step=0.01),
     ],

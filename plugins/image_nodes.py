@@ -17,7 +17,14 @@ from plugins.core_nodes import MAX_RESOLUTION, center_crop_nchw, resize_nchw, ta
 from runner import Input, hookimpl, node
 from runner import types as T
 from runner.context import NodeContext
-from runner.images import a1111_parameters, open_image, pil_to_tensor, png_bytes, tensor_to_pils, write_atomic
+from runner.images import (
+    a1111_parameters,
+    open_image,
+    pil_to_tensor,
+    png_bytes,
+    tensor_to_pils,
+    write_atomic,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -55,7 +62,7 @@ def _image_changed(ctx: NodeContext, image: str, **_) -> str:
 
 @node(
     "LoadImage",
-    inputs=[Input("image", T.COMBO, check=_check_input_image)],
+    inputs=[Input("image", T.COMBO, choices=input_image_names, check=_check_input_image)],
     outputs=(T.IMAGE, T.MASK),
     output_names=("IMAGE", "MASK"),
     category="image",

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from runner import types as T
 
 if TYPE_CHECKING:
-    from runner.context import NodeContext
     from runner.environment import Environment
 
 ChoicesFn = Callable[["Environment"], Sequence[str]]
@@ -31,7 +30,8 @@ class Input:
     """One input of a node type.
 
     ``choices`` (a sequence, or a function of the environment returning one) makes it a
-    COMBO input. ``limit`` names an engine setting (``max_width``...) that tightens
+    COMBO input: the value must be one of them, unless ``check`` is given, which then
+    decides alone (choices are still listed, e.g. checkpoint names when hub ids are allowed). ``limit`` names an engine setting (``max_width``...) that tightens
     ``max``. ``check`` is an extra test returning an error message or None; its failures
     are reported as ``value_not_in_list``.
     """

@@ -278,7 +278,7 @@ def _check_node(
             continue
         if not _check_range(spec, converted, value, env, problem):
             continue
-        allowed = spec.allowed(env)
+        allowed = spec.allowed(env) if spec.check is None else None  # a check is authoritative
         if allowed is not None and converted not in allowed:
             shown = ", ".join(allowed[:40]) + (" ..." if len(allowed) > 40 else "")
             problem("value_not_in_list", f"{_short(value)} is not one of the allowed values: {shown or '(none available)'}", spec, value)

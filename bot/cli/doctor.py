@@ -13,7 +13,6 @@ import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 

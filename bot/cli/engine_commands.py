@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from bot.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, handle_errors, load_settings, make_environment
+from bot.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    handle_errors,
+    load_settings,
+    make_environment,
+)
 from bot.cli.progress import JsonlEvents, ProgressDisplay
 
 OUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -146,7 +152,13 @@ def generate(prompt, negative, seed, steps, cfg, sampler, scheduler, width, heig
 def run_workflows(workflows, overrides, events, previews):
     """Run WORKFLOWS (ComfyUI API-format JSON files) in order, in one process, so the node cache
     carries over between them."""
-    from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowError, WorkflowInvalid
+    from runner.errors import (
+        EaselError,
+        JobCancelled,
+        NodeExecutionError,
+        WorkflowError,
+        WorkflowInvalid,
+    )
     from runner.workflow import apply_overrides, load_workflow
 
     settings = load_settings()

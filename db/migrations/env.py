@@ -55,7 +55,9 @@ def run_migrations_offline() -> None:
 
 
 def _run_with(connection: Connection) -> None:
-    _configure(connection=connection)
+    # db.engine makes SQLAlchemy emit BEGIN on SQLite, so DDL there is transactional
+    # too: a migration that fails is rolled back whole.
+    _configure(connection=connection, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -67,7 +67,9 @@ class Checkpoint:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     adapters: dict[str, str] = field(default_factory=dict)
     """LoRA file key (path and mtime) -> adapter name, for adapters kept loaded."""
-    active: tuple = ()
+    active: tuple | None = ()
+    """The (adapter, unet weight, text encoder weight) triples in force; None when unknown."""
+    loads: int = 0
 
     @property
     def is_xl(self) -> bool:
@@ -112,14 +114,36 @@ class Checkpoint:
         from safetensors.torch import load_file
 
         refuse_unsafe(path)
-        adapter = f"lora{len(self.adapters)}"
+        # Names are never reused, even after a failed load, and loading changes which
+        # adapters are active: the next activate_loras must set them again.
+        self.loads += 1
+        adapter = f"lora{self.loads}"
+        self.active = None
         try:
             state_dict = load_file(str(path))
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter)
         except Exception as exc:
+            self._drop_partial_adapter(adapter)
             raise ModelError(f"LoRA {path.name} could not be loaded into {self.name}: {exc}") from exc
         self.adapters[key] = adapter
         return adapter
+
+    def _drop_partial_adapter(self, adapter: str) -> None:
+        """Remove what a failed load left behind (it may have reached the UNet but not the
+        text encoder), so that it never changes later images."""
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(self.pipe, component, None)
+            if module is None or adapter not in (getattr(module, "peft_config", None) or {}):
+                continue
+            try:
+                if hasattr(module, "delete_adapters"):
+                    module.delete_adapters([adapter])
+                else:
+                    from diffusers.utils.peft_utils import delete_adapter_layers
+
+                    delete_adapter_layers(module, adapter)
+            except Exception:  # pragma: no cover - best effort; the adapter stays disabled
+                log.warning("could not remove the partly loaded LoRA adapter %s", adapter, exc_info=True)
 
 
 class ModelManager:

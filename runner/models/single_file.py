@@ -128,7 +128,7 @@ _CLIP_POS = "text_model.embeddings.position_embedding.weight"
 
 _CONVERT_HINT = (
     "Convert it on a machine you trust, e.g. "
-    "`python -c \"import torch, safetensors.torch as st; "
+    '`python -c "import torch, safetensors.torch as st; '
     "sd = torch.load('model.ckpt', map_location='cpu', weights_only=True); "
     "sd = sd.get('state_dict', sd); "
     "st.save_file({k: v.contiguous().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}, "
@@ -225,7 +225,9 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a valid safetensors file: the header is not JSON ({exc})") from exc
+        raise ModelError(
+            f"{path}: not a valid safetensors file: the header is not JSON ({exc})"
+        ) from exc
     if not isinstance(header, dict):
         raise ModelError(f"{path}: not a valid safetensors file: the header is not a JSON object")
 
@@ -499,8 +501,10 @@ def _inspect(header: SafetensorsHeader, *, read_tensors: bool) -> CheckpointInfo
         prediction, evidence = from_header, "the file's header"
     elif (from_yaml := _yaml_parameterization(header.path)) is not None:
         prediction, evidence = from_yaml, f"{header.path.with_suffix('.yaml').name}"
-    elif family == "sd2" and read_tensors and (
-        (stat := _sd2_weight_statistic(header.path, header)) is not None
+    elif (
+        family == "sd2"
+        and read_tensors
+        and ((stat := _sd2_weight_statistic(header.path, header)) is not None)
     ):
         v = stat > _SD2_V_STAT_THRESHOLD
         prediction = "v_prediction" if v else "epsilon"

@@ -34,7 +34,12 @@ SD1_SCHEDULER = {
 
 def build_tiny_pipeline(tokenizer_dir: Path):
     """A new tiny SD1 pipeline whose weights depend only on torch's RNG seeded with 0."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)

@@ -105,3 +105,46 @@ def test_offline_sql_renders(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "CREATE TABLE generations" in out
     assert not (tmp_path / "offline.sqlite3").exists()
+
+
+BROKEN_MIGRATION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
+    op.add_column("users", sa.Column("oops", sa.Integer))
+    raise RuntimeError("migration failed halfway")
+
+
+def downgrade():
+    pass
+"""
+
+
+def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
+    from alembic import command
+
+    path = tmp_path / "easel.sqlite3"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    extra = tmp_path / "versions"
+    extra.mkdir()
+    (extra / "9999_broken.py").write_text(BROKEN_MIGRATION)
+    cfg = migrate.alembic_config(url)
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option(
+        "version_locations",
+        os.pathsep.join([str(REPO / "db" / "migrations" / "versions"), str(extra)]),
+    )
+    with pytest.raises(RuntimeError, match="halfway"):
+        command.upgrade(cfg, "head")
+    assert migrate.current(url) == "0001"
+    assert "half_done" not in _tables(path)
+    assert migrate.schema_differences(url) == []

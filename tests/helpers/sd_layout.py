@@ -55,7 +55,9 @@ def _resnet(rest: str) -> str:
     raise KeyError(rest)
 
 
-def unet_to_original(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def unet_to_original(
+    sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """Map a diffusers ``UNet2DConditionModel`` state dict to LDM ``diffusion_model`` keys."""
     per = config["layers_per_block"] + 1
     up_has_attn = {i: "CrossAttn" in t for i, t in enumerate(config["up_block_types"])}
@@ -68,7 +70,11 @@ def unet_to_original(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) 
         if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
             b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             idx = 1 + b * per + j
-            new = f"input_blocks.{idx}.0.{_resnet(rest)}" if kind == "resnets" else f"input_blocks.{idx}.1.{rest}"
+            new = (
+                f"input_blocks.{idx}.0.{_resnet(rest)}"
+                if kind == "resnets"
+                else f"input_blocks.{idx}.1.{rest}"
+            )
         elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
             new = f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op.{m[2]}"
         elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
@@ -78,7 +84,11 @@ def unet_to_original(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) 
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
             b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             idx = b * per + j
-            new = f"output_blocks.{idx}.0.{_resnet(rest)}" if kind == "resnets" else f"output_blocks.{idx}.1.{rest}"
+            new = (
+                f"output_blocks.{idx}.0.{_resnet(rest)}"
+                if kind == "resnets"
+                else f"output_blocks.{idx}.1.{rest}"
+            )
         elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
             b = int(m[1])
             new = f"output_blocks.{b * per + per - 1}.{2 if up_has_attn[b] else 1}.conv.{m[2]}"
@@ -97,7 +107,9 @@ _VAE_ATTN = {
 }
 
 
-def vae_to_original(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def vae_to_original(
+    sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """Map a diffusers ``AutoencoderKL`` state dict to LDM ``first_stage_model`` keys
     (attention projections as 1x1 convolutions, as in the original checkpoints)."""
     n_up = len(config["up_block_types"])
@@ -105,16 +117,24 @@ def vae_to_original(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -
     for key, value in sd.items():
         new = key.replace("conv_norm_out", "norm_out")
         if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-            new = f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
+            new = f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}".replace(
+                "conv_shortcut", "nin_shortcut"
+            )
         elif m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
             new = f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
         elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-            new = f"decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
+            new = f"decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.{m[3]}".replace(
+                "conv_shortcut", "nin_shortcut"
+            )
         elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
             new = f"decoder.up.{n_up - 1 - int(m[1])}.upsample.conv.{m[2]}"
         elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
-            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
-        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key):
+            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}".replace(
+                "conv_shortcut", "nin_shortcut"
+            )
+        elif m := re.fullmatch(
+            r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key
+        ):
             new = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
             if m[3] == "weight" and m[2] != "group_norm":
                 value = value[:, :, None, None]

@@ -24,7 +24,9 @@ from transformers import (
 )
 
 
-def _text_config(hidden: int, act: str = "quick_gelu", projection_dim: int | None = None) -> CLIPTextConfig:
+def _text_config(
+    hidden: int, act: str = "quick_gelu", projection_dim: int | None = None
+) -> CLIPTextConfig:
     return CLIPTextConfig(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -96,7 +98,9 @@ def make_tiny_sd1_pipeline(tokenizer_dir: Path) -> StableDiffusionPipeline:
     )
 
 
-def make_tiny_sd2_pipeline(tokenizer_dir: Path, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+def make_tiny_sd2_pipeline(
+    tokenizer_dir: Path, prediction_type: str = "epsilon"
+) -> StableDiffusionPipeline:
     """A tiny SD2-shaped pipeline: linear projections in the transformers, a GELU text
     encoder (OpenCLIP's activation) and ``!`` padding."""
     torch.manual_seed(0)
