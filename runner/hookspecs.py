@@ -14,7 +14,8 @@ plugin unless marked ``firstresult``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -59,3 +60,28 @@ def easel_startup(env: Environment) -> None:
 @hookspec
 def easel_shutdown(env: Environment) -> None:
     """Called once when the environment closes; release what ``easel_startup`` acquired."""
+
+
+@hookspec
+def easel_forget_user(user_id: int, data_dir: Path) -> None:
+    """Delete everything this plugin stores about one user (``/forget-me``, ``easel forget``).
+
+    Called after easel has deleted the user's own rows and files. ``user_id`` is the
+    Discord user id; ``data_dir`` is easel's data folder. Raise to report a failure: the
+    caller names the plugin and goes on with the others.
+    """
+
+
+@hookspec
+def easel_job_started(job_id: str, user_id: int | None, workflow: dict[str, Any]) -> None:
+    """Called on the worker just before a job's workflow runs.
+
+    ``workflow`` is the API-format workflow about to run (do not change it). Keep it fast:
+    the job waits for every implementation.
+    """
+
+
+@hookspec
+def easel_job_finished(job_id: str, user_id: int | None, status: str, images: list[str], error: str | None) -> None:
+    """Called on the worker when a job ends: ``status`` is done, failed or cancelled,
+    ``images`` the paths written, ``error`` a readable message for failures."""

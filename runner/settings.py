@@ -114,5 +114,10 @@ class EngineSettings(BaseSettings):
         return self.data_dir / "input"
 
     @property
+    def lora_library_dir(self) -> Path:
+        """Where the bot's per-user LoRA library keeps files, named ``<sha256>.safetensors``."""
+        return self.data_dir / "lora-library"
+
+    @property
     def cache_dir(self) -> Path:
         return self.cache_folder or (self.data_dir / "cache")

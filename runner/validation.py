@@ -169,9 +169,16 @@ def validate(
         return ValidationResult(issues, nodes, [])
 
     # Pass 1: every node must be an object with a known class_type (as ComfyUI checks first).
+    # Node ids are compared as strings (links name them so); a node may omit "inputs".
     known: dict[str, NodeType] = {}
+    inputs_of: dict[str, dict[str, Any]] = {}
+    present: set[str] = set()
     for raw_id, entry in workflow.items():
         node_id = str(raw_id)
+        if node_id in present:
+            issues.append(ValidationIssue("invalid_prompt", f"node id {node_id!r} is given twice", node_id, value=raw_id))
+            continue
+        present.add(node_id)
         if not isinstance(entry, dict):
             issues.append(ValidationIssue("invalid_prompt", f"node must be an object, got {_short(entry)}", node_id, value=entry))
             continue
@@ -192,18 +199,19 @@ def validate(
             issues.append(ValidationIssue("invalid_prompt", f"inputs must be an object, got {_short(inputs)}", node_id, class_type, value=inputs))
             continue
         known[node_id] = node_type
+        inputs_of[node_id] = inputs
 
     outputs = sorted((nid for nid, nt in known.items() if nt.output_node), key=_id_order)
     if not outputs:
         issues.append(ValidationIssue("prompt_no_outputs", "the workflow has no output node (such as SaveImage), so nothing would be produced"))
 
     # Pass 2: inputs of every node an output needs (every node when there is no output).
-    to_check = _ancestors(workflow, outputs, known) if outputs else set(known)
+    to_check = _ancestors(inputs_of, present, outputs) if outputs else set(known)
     for node_id in sorted(to_check, key=_id_order):
         node_type = known.get(node_id)
         if node_type is None:
             continue
-        node_issues, resolved = _check_node(node_id, node_type, workflow[node_id]["inputs"], workflow, known, env)
+        node_issues, resolved = _check_node(node_id, node_type, inputs_of[node_id], present, known, env)
         issues.extend(node_issues)
         if not node_issues:
             nodes[node_id] = resolved
@@ -223,7 +231,7 @@ def _id_order(node_id: str) -> tuple[int, int | str]:
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 
 
-def _ancestors(workflow: dict, outputs: list[str], known: dict[str, NodeType]) -> set[str]:
+def _ancestors(inputs_of: dict[str, dict[str, Any]], present: set[str], outputs: list[str]) -> set[str]:
     seen: set[str] = set()
     stack = list(outputs)
     while stack:
@@ -231,12 +239,12 @@ def _ancestors(workflow: dict, outputs: list[str], known: dict[str, NodeType]) -
         if node_id in seen:
             continue
         seen.add(node_id)
-        if node_id not in known:
+        if node_id not in inputs_of:
             continue
-        for value in workflow[node_id]["inputs"].values():
+        for value in inputs_of[node_id].values():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool):
                 source = str(value[0])
-                if source in workflow and source not in seen:
+                if source in present and source not in seen:
                     stack.append(source)
     return seen
 
@@ -245,7 +253,7 @@ def _check_node(
     node_id: str,
     node_type: NodeType,
     inputs: dict[str, Any],
-    workflow: dict,
+    present: set[str],
     known: dict[str, NodeType],
     env: Environment | None,
 ) -> tuple[list[ValidationIssue], ResolvedNode]:
@@ -266,7 +274,7 @@ def _check_node(
             continue
         value = inputs[spec.name]
         if isinstance(value, list):
-            _check_link(node_id, spec, value, workflow, known, problem, resolved)
+            _check_link(node_id, spec, value, present, known, problem, resolved)
             continue
         if spec.type not in T.PRIMITIVES:
             problem("invalid_input_type", f"a {spec.type} input needs a link [node_id, output_index], got the literal {_short(value)}", spec, value)
@@ -278,16 +286,19 @@ def _check_node(
             continue
         if not _check_range(spec, converted, value, env, problem):
             continue
-        allowed = spec.allowed(env) if spec.check is None else None  # a check is authoritative
+        try:
+            allowed = spec.allowed(env) if spec.check is None else None  # a check is authoritative
+            message = spec.check(converted, env) if spec.check is not None and env is not None else None
+        except Exception as exc:  # a plugin's choices or check must not break validation
+            problem("value_not_in_list", f"could not check {_short(value)}: {type(exc).__name__}: {exc}", spec, value)
+            continue
         if allowed is not None and converted not in allowed:
             shown = ", ".join(allowed[:40]) + (" ..." if len(allowed) > 40 else "")
             problem("value_not_in_list", f"{_short(value)} is not one of the allowed values: {shown or '(none available)'}", spec, value)
             continue
-        if spec.check is not None and env is not None:
-            message = spec.check(converted, env)
-            if message:
-                problem("value_not_in_list", message, spec, value)
-                continue
+        if message:
+            problem("value_not_in_list", message, spec, value)
+            continue
         resolved.literals[spec.name] = converted
 
     if not issues and node_type.validate is not None:
@@ -314,12 +325,12 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _check_link(node_id, spec: Input, value: list, workflow: dict, known: dict[str, NodeType], problem, resolved: ResolvedNode) -> None:
+def _check_link(node_id, spec: Input, value: list, present: set[str], known: dict[str, NodeType], problem, resolved: ResolvedNode) -> None:
     if not (len(value) == 2 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)):
         problem("bad_linked_input", f"a link must be [node_id, output_index], got {_short(value)}", spec, value)
         return
     source, index = str(value[0]), value[1]
-    if source not in workflow:
+    if source not in present:
         problem("bad_linked_input", f"links to node {source!r}, which is not in the workflow", spec, value)
         return
     source_type = known.get(source)

@@ -239,6 +239,10 @@ class ModelManager:
         extra = self.extra_lora_paths.get(name)
         if extra is not None and extra.is_file():
             return extra
+        # The bot's LoRA library: files named by content hash, referenced as "<sha256>.safetensors".
+        library = self.settings.lora_library_dir / rel
+        if len(rel.parts) == 1 and library.suffix == ".safetensors" and library.is_file():
+            return library
         raise ModelError(f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}")
 
     # Loading ----------------------------------------------------------------------
