@@ -51,8 +51,18 @@ def main() -> None:
     prompt, negative, cfg = "a lighthouse at dawn, oil painting", "blurry", 7.0
 
     def request(seed: int) -> GenerationRequest:
-        return GenerationRequest(prompt=prompt, negative=negative, seed=seed, steps=args.steps, cfg=cfg,
-                                 sampler="euler", scheduler="normal", width=args.size, height=args.size, model=args.model)
+        return GenerationRequest(
+            prompt=prompt,
+            negative=negative,
+            seed=seed,
+            steps=args.steps,
+            cfg=cfg,
+            sampler="euler",
+            scheduler="normal",
+            width=args.size,
+            height=args.size,
+            model=args.model,
+        )
 
     # Cold start: a new Environment, model load and first image.
     cold = []
@@ -66,7 +76,9 @@ def main() -> None:
 
     checkpoint = env.models.checkpoint(args.model)
     pipe = checkpoint.pipe
-    bare_scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    bare_scheduler = EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="linspace"
+    )
 
     def run_bare(seed: int) -> None:
         from diffusers import StableDiffusionPipeline
@@ -76,8 +88,15 @@ def main() -> None:
         generator = torch.Generator("cpu").manual_seed(seed)
         with checkpoint.lock:
             checkpoint.activate_loras()
-            image = bare(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=cfg,
-                         height=args.size, width=args.size, generator=generator).images[0]
+            image = bare(
+                prompt,
+                negative_prompt=negative,
+                num_inference_steps=args.steps,
+                guidance_scale=cfg,
+                height=args.size,
+                width=args.size,
+                generator=generator,
+            ).images[0]
         image.save(io.BytesIO(), format="PNG", compress_level=4)
 
     def run_easel(seed: int) -> None:
@@ -99,8 +118,10 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in timings.items()}
     cold_med = statistics.median(cold)
-    print(f"device {checkpoint.device}, dtype {checkpoint.dtype}, model {args.model}, {args.size}px, {args.steps} steps, "
-          f"euler/normal, cfg {cfg}, torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print(
+        f"device {checkpoint.device}, dtype {checkpoint.dtype}, model {args.model}, {args.size}px, {args.steps} steps, "
+        f"euler/normal, cfg {cfg}, torch threads {torch.get_num_threads()}, median of {args.repeats}"
+    )
     print(f"{'measure':44} {'seconds':>9}")
     print(f"{'bare diffusers StableDiffusionPipeline':44} {med['bare']:9.4f}")
     print(f"{'easel txt2img (new seed, warm)':44} {med['easel']:9.4f}")

@@ -20,19 +20,28 @@ class Settings(EngineSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; defaults to a SQLite file in the data folder."
     )
-    owner_ids: Annotated[list[int], NoDecode] = Field(default_factory=list, description="Discord user ids of the bot's owners.")
+    owner_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Discord user ids of the bot's owners."
+    )
     discord_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("discord_token", "DISCORD_TOKEN", "EASEL_DISCORD_TOKEN"),
     )
     discord_api_base: str | None = Field(
-        default=None, validation_alias=AliasChoices("discord_api_base", "DISCORD_API_BASE", "EASEL_DISCORD_API_BASE")
+        default=None,
+        validation_alias=AliasChoices(
+            "discord_api_base", "DISCORD_API_BASE", "EASEL_DISCORD_API_BASE"
+        ),
     )
     discord_gateway_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("discord_gateway_url", "DISCORD_GATEWAY_URL", "EASEL_DISCORD_GATEWAY_URL"),
+        validation_alias=AliasChoices(
+            "discord_gateway_url", "DISCORD_GATEWAY_URL", "EASEL_DISCORD_GATEWAY_URL"
+        ),
     )
-    guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list, description="Guilds to sync commands to.")
+    guild_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Guilds to sync commands to."
+    )
     max_queued_per_user: int = Field(default=5, ge=1)
 
     @field_validator("owner_ids", "guild_ids", mode="before")

@@ -46,10 +46,24 @@ def _tiny_clip():
     try:
         torch.manual_seed(0)
         config = CLIPConfig(
-            text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                         "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 32},
-            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                           "image_size": 32, "patch_size": 8, "projection_dim": 32},
+            text_config={
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "vocab_size": 49408,
+                "max_position_embeddings": 77,
+                "projection_dim": 32,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "image_size": 32,
+                "patch_size": 8,
+                "projection_dim": 32,
+            },
             projection_dim=32,
         )
         return CLIPModel(config).eval()
@@ -92,16 +106,25 @@ def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tens
     x = images.permute(0, 3, 1, 2)[:, :3].float()
     h, w = x.shape[-2:]
     scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic", align_corners=False)
+    x = F.interpolate(
+        x,
+        size=(max(size, round(h * scale)), max(size, round(w * scale))),
+        mode="bicubic",
+        align_corners=False,
+    )
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top : top + size, left : left + size].clamp(0, 1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     x = (x - mean) / std
-    tokens = tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        [text], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    )
     with torch.inference_mode():
         image_features = model.get_image_features(pixel_values=x)
-        text_features = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        text_features = model.get_text_features(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        )
     image_features = getattr(image_features, "pooler_output", image_features)
     text_features = getattr(text_features, "pooler_output", text_features)
     cosine = F.cosine_similarity(image_features, text_features.expand_as(image_features), dim=-1)

@@ -52,6 +52,7 @@ class VaeHandle:
 
 # Loaders ----------------------------------------------------------------------------
 
+
 def _checkpoint_names(env) -> list[str]:
     return env.models.checkpoint_names()
 
@@ -101,14 +102,29 @@ def _lora_changed(ctx: NodeContext, lora_name: str, **_) -> str:
     category="loaders",
     is_changed=_lora_changed,
 )
-def lora_loader(ctx: NodeContext, model: ModelHandle, clip: ClipHandle, lora_name: str, strength_model: float, strength_clip: float):
+def lora_loader(
+    ctx: NodeContext,
+    model: ModelHandle,
+    clip: ClipHandle,
+    lora_name: str,
+    strength_model: float,
+    strength_clip: float,
+):
     """Applies a LoRA (diffusers or kohya/A1111 keys) to the model and the text encoder. Stackable;
     adapters stay loaded and are switched per job."""
     path = ctx.env.models.lora_path(lora_name)
     if model.checkpoint is not clip.checkpoint:
         raise ValueError("the model and clip inputs come from different checkpoints")
-    new_model = ModelHandle(model.checkpoint, model.loras + ((path, strength_model),)) if strength_model else model
-    new_clip = ClipHandle(clip.checkpoint, clip.loras + ((path, strength_clip),), clip.stop_at_layer) if strength_clip else clip
+    new_model = (
+        ModelHandle(model.checkpoint, model.loras + ((path, strength_model),))
+        if strength_model
+        else model
+    )
+    new_clip = (
+        ClipHandle(clip.checkpoint, clip.loras + ((path, strength_clip),), clip.stop_at_layer)
+        if strength_clip
+        else clip
+    )
     # Load now so that a broken LoRA fails here, naming this node, not in the sampler.
     ckpt = model.checkpoint
     with ckpt.lock:
@@ -118,12 +134,27 @@ def lora_loader(ctx: NodeContext, model: ModelHandle, clip: ClipHandle, lora_nam
 
 @node(
     "CLIPSetLastLayer",
-    inputs=[Input("clip", T.CLIP), Input("stop_at_clip_layer", T.INT, default=-1, min=-24, max=-1, step=1)],
+    inputs=[
+        Input("clip", T.CLIP),
+        Input("stop_at_clip_layer", T.INT, default=-1, min=-24, max=-1, step=1),
+    ],
     outputs=(T.CLIP,),
     category="conditioning",
 )
 def clip_set_last_layer(ctx: NodeContext, clip: ClipHandle, stop_at_clip_layer: int):
     """Uses an earlier layer of the text encoder (clip skip): -2 is the penultimate layer."""
+    pipe = clip.checkpoint.pipe
+    encoders = [
+        e
+        for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        if e is not None
+    ]
+    depth = min(e.config.num_hidden_layers for e in encoders)
+    if -stop_at_clip_layer > depth:
+        raise ValueError(
+            f"stop_at_clip_layer {stop_at_clip_layer} is deeper than the text encoder of "
+            f"{clip.checkpoint.name}, which has {depth} layers (use -1 to -{depth})"
+        )
     return (ClipHandle(clip.checkpoint, clip.loras, stop_at_clip_layer),)
 
 
@@ -141,13 +172,15 @@ def clip_text_encode(ctx: NodeContext, text: str, clip: ClipHandle):
         ckpt.activate_loras(unet=(), text_encoder=clip.loras)
         if ckpt.is_xl:
             embeds, _, pooled, _ = ckpt.pipe.encode_prompt(
-                prompt=text, prompt_2=text, device=ckpt.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=False, clip_skip=clip_skip,
+                prompt=text,
+                prompt_2=text,
+                device=ckpt.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                clip_skip=clip_skip,
             )
             return (Conditioning(embeds.float().cpu(), pooled.float().cpu()),)
-        embeds, _ = ckpt.pipe.encode_prompt(
-            text, ckpt.device, 1, False, clip_skip=clip_skip
-        )
+        embeds, _ = ckpt.pipe.encode_prompt(text, ckpt.device, 1, False, clip_skip=clip_skip)
     return (Conditioning(embeds.float().cpu()),)
 
 
@@ -167,6 +200,7 @@ def empty_latent_image(ctx: NodeContext, width: int, height: int, batch_size: in
 
 
 # Sampling ---------------------------------------------------------------------------
+
 
 def _sampler_pair(values: dict) -> list[tuple[str, str]]:
     problem = check_combination(values.get("sampler_name", ""), values.get("scheduler", ""))
@@ -192,7 +226,9 @@ def _run_sampler(ctx: NodeContext, model: ModelHandle, positive, negative, laten
     ctx.check_cancelled()
     with ckpt.lock:
         ckpt.activate_loras(unet=model.loras, text_encoder=())
-        out = sample(ckpt, positive=positive, negative=negative, latent=samples, on_step=on_step, **kwargs)
+        out = sample(
+            ckpt, positive=positive, negative=negative, latent=samples, on_step=on_step, **kwargs
+        )
     result = dict(latent_image)
     result["samples"] = out
     return (result,)
@@ -216,13 +252,34 @@ def _run_sampler(ctx: NodeContext, model: ModelHandle, positive, negative, laten
     category="sampling",
     validate=_sampler_pair,
 )
-def ksampler(ctx: NodeContext, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
+def ksampler(
+    ctx: NodeContext,
+    model,
+    seed,
+    steps,
+    cfg,
+    sampler_name,
+    scheduler,
+    positive,
+    negative,
+    latent_image,
+    denoise,
+):
     """Denoises a latent with a diffusers scheduler; denoise < 1 keeps part of the input (img2img)."""
     if denoise <= 0:
         return (latent_image,)
     return _run_sampler(
-        ctx, model, positive, negative, latent_image,
-        seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler_name=scheduler, denoise=denoise,
+        ctx,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler_name,
+        scheduler_name=scheduler,
+        denoise=denoise,
     )
 
 
@@ -241,27 +298,52 @@ def ksampler(ctx: NodeContext, model, seed, steps, cfg, sampler_name, scheduler,
         Input("latent_image", T.LATENT),
         Input("start_at_step", T.INT, default=0, min=0, max=10000),
         Input("end_at_step", T.INT, default=10000, min=0, max=10000),
-        Input("return_with_leftover_noise", T.COMBO, default="disable", choices=("disable", "enable")),
+        Input(
+            "return_with_leftover_noise", T.COMBO, default="disable", choices=("disable", "enable")
+        ),
     ],
     outputs=(T.LATENT,),
     category="sampling",
     validate=_sampler_pair,
 )
 def ksampler_advanced(
-    ctx: NodeContext, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-    latent_image, start_at_step, end_at_step, return_with_leftover_noise,
+    ctx: NodeContext,
+    model,
+    add_noise,
+    noise_seed,
+    steps,
+    cfg,
+    sampler_name,
+    scheduler,
+    positive,
+    negative,
+    latent_image,
+    start_at_step,
+    end_at_step,
+    return_with_leftover_noise,
 ):
     """Runs steps start_at_step..end_at_step of a schedule of `steps`, optionally without adding
     noise or leaving the remaining noise in (for two-pass workflows)."""
     return _run_sampler(
-        ctx, model, positive, negative, latent_image,
-        seed=noise_seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler_name=scheduler,
-        add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
+        ctx,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed=noise_seed,
+        steps=steps,
+        cfg=cfg,
+        sampler_name=sampler_name,
+        scheduler_name=scheduler,
+        add_noise=add_noise == "enable",
+        start_step=start_at_step,
+        end_step=end_at_step,
         force_full_denoise=return_with_leftover_noise == "disable",
     )
 
 
 # VAE ----------------------------------------------------------------------------------
+
 
 def _vae_run(ctx: NodeContext, vae: VaeHandle, pixels_hw: tuple[int, int], fn):
     ckpt = vae.checkpoint
@@ -283,7 +365,12 @@ def _vae_run(ctx: NodeContext, vae: VaeHandle, pixels_hw: tuple[int, int], fn):
                 module.disable_tiling()
 
 
-@node("VAEDecode", inputs=[Input("samples", T.LATENT), Input("vae", T.VAE)], outputs=(T.IMAGE,), category="latent")
+@node(
+    "VAEDecode",
+    inputs=[Input("samples", T.LATENT), Input("vae", T.VAE)],
+    outputs=(T.IMAGE,),
+    category="latent",
+)
 def vae_decode(ctx: NodeContext, samples: dict, vae: VaeHandle):
     """Decodes latents into images."""
     latents = samples["samples"]
@@ -298,12 +385,19 @@ def vae_decode(ctx: NodeContext, samples: dict, vae: VaeHandle):
     return (_vae_run(ctx, vae, (latents.shape[-2] * 8, latents.shape[-1] * 8), run),)
 
 
-@node("VAEEncode", inputs=[Input("pixels", T.IMAGE), Input("vae", T.VAE)], outputs=(T.LATENT,), category="latent")
+@node(
+    "VAEEncode",
+    inputs=[Input("pixels", T.IMAGE), Input("vae", T.VAE)],
+    outputs=(T.LATENT,),
+    category="latent",
+)
 def vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeHandle):
     """Encodes images into latents (cropped to a multiple of 8 pixels, as ComfyUI does)."""
     h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
     if h == 0 or w == 0:
-        raise ValueError(f"image of {pixels.shape[2]}x{pixels.shape[1]} px is too small to encode (at least 8x8)")
+        raise ValueError(
+            f"image of {pixels.shape[2]}x{pixels.shape[1]} px is too small to encode (at least 8x8)"
+        )
     oh, ow = (pixels.shape[1] - h) // 2, (pixels.shape[2] - w) // 2
     x = pixels[:, oh : oh + h, ow : ow + w, :3].permute(0, 3, 1, 2) * 2 - 1
 
@@ -365,7 +459,9 @@ def resize_nchw(x: torch.Tensor, width: int, height: int, method: str, crop: str
     outputs=(T.LATENT,),
     category="latent",
 )
-def latent_upscale(ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str):
+def latent_upscale(
+    ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str
+):
     """Resizes latents to a size in pixels (0 keeps the aspect ratio from the other side)."""
     latents = samples["samples"]
     lw = 0 if width == 0 else max(1, width // 8)
@@ -391,7 +487,9 @@ def latent_upscale_by(ctx: NodeContext, samples: dict, upscale_method: str, scal
     w = round(latents.shape[-1] * scale_by)
     h = round(latents.shape[-2] * scale_by)
     if w * 8 > ctx.env.settings.max_width or h * 8 > ctx.env.settings.max_height:
-        raise ValueError(f"upscaling to {w * 8}x{h * 8} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}")
+        raise ValueError(
+            f"upscaling to {w * 8}x{h * 8} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}"
+        )
     out = dict(samples)
     out["samples"] = resize_nchw(latents, w, h, upscale_method, "disabled")
     return (out,)
@@ -420,7 +518,10 @@ def easel_node_types():
 
 @node(
     "RepeatLatentBatch",
-    inputs=[Input("samples", T.LATENT), Input("amount", T.INT, default=1, min=1, max=64, limit="max_batch")],
+    inputs=[
+        Input("samples", T.LATENT),
+        Input("amount", T.INT, default=1, min=1, max=64, limit="max_batch"),
+    ],
     outputs=(T.LATENT,),
     category="latent",
 )

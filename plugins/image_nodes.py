@@ -34,7 +34,11 @@ def input_image_names(env) -> list[str]:
     base = env.settings.input_dir
     if not base.is_dir():
         return []
-    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p.relative_to(base).as_posix()
+        for p in base.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def input_image_path(env, name: str) -> Path:
@@ -53,6 +57,8 @@ def _check_input_image(name: str, env) -> str | None:
         input_image_path(env, name)
     except (ValueError, FileNotFoundError) as exc:
         return str(exc)
+    except OSError as exc:  # a name the file system cannot look up (too long...)
+        return f"no image named {name!r}: {exc.strerror or exc}"
     return None
 
 
@@ -77,6 +83,7 @@ def load_image(ctx: NodeContext, image: str):
 
 def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
     """Generation parameters for the A1111 chunk, read from the sampler this output comes from."""
+
     def upstream(start: str) -> list[str]:
         seen, order, stack = set(), [], [start]
         while stack:
@@ -104,16 +111,31 @@ def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
 
     params: dict[str, Any] = {}
     chain = upstream(node_id)
-    sampler = next((n for n in chain if workflow[n].get("class_type") in ("KSampler", "KSamplerAdvanced")), None)
+    sampler = next(
+        (n for n in chain if workflow[n].get("class_type") in ("KSampler", "KSamplerAdvanced")),
+        None,
+    )
     if sampler is None:
         return params
     inputs = workflow[sampler].get("inputs") or {}
     params["prompt"] = text_of(inputs.get("positive")) or ""
     params["negative"] = text_of(inputs.get("negative")) or ""
-    params["seed"] = literal(sampler, "seed") if literal(sampler, "seed") is not None else literal(sampler, "noise_seed")
-    for key, name in (("steps", "steps"), ("cfg", "cfg"), ("sampler", "sampler_name"), ("scheduler", "scheduler")):
+    params["seed"] = (
+        literal(sampler, "seed")
+        if literal(sampler, "seed") is not None
+        else literal(sampler, "noise_seed")
+    )
+    for key, name in (
+        ("steps", "steps"),
+        ("cfg", "cfg"),
+        ("sampler", "sampler_name"),
+        ("scheduler", "scheduler"),
+    ):
         params[key] = literal(sampler, name)
-    denoise = literal(sampler, "denoise")
+    try:  # literals are as written in the workflow ("0.5" is a valid denoise)
+        denoise = float(literal(sampler, "denoise"))
+    except (TypeError, ValueError):
+        denoise = None
     if denoise is not None and denoise < 1:
         params["denoise"] = denoise
     loras = []
@@ -133,9 +155,17 @@ def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
 _PREFIX_OK = re.compile(r"^[\w\-. /]{1,120}$")
 
 
-def _save(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path, kind: str) -> dict:
-    if not _PREFIX_OK.match(filename_prefix) or ".." in filename_prefix.split("/") or filename_prefix.startswith("/"):
-        raise ValueError(f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', spaces and '/' subfolders")
+def _save(
+    ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path, kind: str
+) -> dict:
+    if (
+        not _PREFIX_OK.match(filename_prefix)
+        or ".." in filename_prefix.split("/")
+        or filename_prefix.startswith("/")
+    ):
+        raise ValueError(
+            f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', spaces and '/' subfolders"
+        )
     sub, _, stem = filename_prefix.rpartition("/")
     target = (folder / sub).resolve() if sub else folder.resolve()
     if folder.resolve() != target and folder.resolve() not in target.parents:
@@ -150,7 +180,9 @@ def _save(ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: 
         text[str(key)] = str(value)
     results = []
     pattern = re.compile(re.escape(stem) + r"_(\d{5})_\.png$")
-    counter = 1 + max((int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0)
+    counter = 1 + max(
+        (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
+    )
     for pil in tensor_to_pils(images):
         data = png_bytes(pil, text)
         while True:
@@ -180,7 +212,13 @@ def save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str):
     return _save(ctx, images, filename_prefix, ctx.env.settings.output_dir, "output")
 
 
-@node("PreviewImage", inputs=[Input("images", T.IMAGE)], outputs=(), output_node=True, category="image")
+@node(
+    "PreviewImage",
+    inputs=[Input("images", T.IMAGE)],
+    outputs=(),
+    output_node=True,
+    category="image",
+)
 def preview_image(ctx: NodeContext, images: torch.Tensor):
     """Saves images to the temporary folder for a quick look."""
     return _save(ctx, images, "preview", ctx.env.settings.cache_dir / "temp", "temp")
@@ -189,10 +227,16 @@ def preview_image(ctx: NodeContext, images: torch.Tensor):
 IMAGE_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 
 
-def scale_images(images: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+def scale_images(
+    images: torch.Tensor, width: int, height: int, method: str, crop: str
+) -> torch.Tensor:
     """Resize IMAGE ``[B, H, W, C]``; lanczos goes through PIL."""
     if method != "lanczos":
-        return resize_nchw(images.permute(0, 3, 1, 2), width, height, method, crop).permute(0, 2, 3, 1).clamp(0, 1)
+        return (
+            resize_nchw(images.permute(0, 3, 1, 2), width, height, method, crop)
+            .permute(0, 2, 3, 1)
+            .clamp(0, 1)
+        )
     width, height = target_size(images.shape[2], images.shape[1], width, height)
     nchw = images.permute(0, 3, 1, 2)
     if crop == "center":
@@ -215,7 +259,9 @@ def scale_images(images: torch.Tensor, width: int, height: int, method: str, cro
     outputs=(T.IMAGE,),
     category="image",
 )
-def image_scale(ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str):
+def image_scale(
+    ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
+):
     """Resizes images (0 keeps the aspect ratio from the other side)."""
     return (scale_images(image, width, height, upscale_method, crop),)
 
@@ -234,7 +280,9 @@ def image_scale_by(ctx: NodeContext, image: torch.Tensor, upscale_method: str, s
     """Resizes images by a factor."""
     w, h = round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
     if w > ctx.env.settings.max_width or h > ctx.env.settings.max_height:
-        raise ValueError(f"scaling to {w}x{h} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}")
+        raise ValueError(
+            f"scaling to {w}x{h} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}"
+        )
     return (scale_images(image, max(w, 1), max(h, 1), upscale_method, "disabled"),)
 
 

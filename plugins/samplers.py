@@ -30,9 +30,18 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm_2": ("KDPM2DiscreteScheduler", {}),
     "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_3m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+    ),
     "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
     "ddim": ("DDIMScheduler", {"eta": 0.0}),
     "ddpm": ("DDPMScheduler", {}),

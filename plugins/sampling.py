@@ -26,9 +26,29 @@ from plugins.samplers import make_scheduler
 
 # ComfyUI's latent -> RGB approximations, for step previews.
 _LATENT_RGB = {
-    "sd": ([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
-    "sdxl": ([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
+    "sd": (
+        [
+            [0.3512, 0.2297, 0.3227],
+            [0.3250, 0.4974, 0.2350],
+            [-0.2829, 0.1762, 0.2721],
+            [-0.2120, -0.2616, -0.7177],
+        ],
+        [0.0, 0.0, 0.0],
+    ),
+    "sdxl": (
+        [
+            [0.3651, 0.4232, 0.4341],
+            [-0.2533, -0.0042, 0.1068],
+            [0.1076, 0.1111, -0.0362],
+            [-0.3165, -0.2492, -0.2188],
+        ],
+        [0.1084, -0.0175, -0.0011],
+    ),
 }
+
+
+MAX_SCHEDULE = 100_000
+"""The longest schedule KSampler builds for ``denoise < 1`` (``steps / denoise`` steps)."""
 
 
 @dataclass
@@ -51,7 +71,9 @@ def latent_preview(latents: torch.Tensor, family: str, size: int = 128):
 
     factors, bias = _LATENT_RGB["sdxl" if family == "sdxl" else "sd"]
     lat = latents[0].float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", lat / 0.18215 if family != "sdxl" else lat / 0.13025, torch.tensor(factors)) + torch.tensor(bias)
+    rgb = torch.einsum(
+        "chw,cr->hwr", lat / 0.18215 if family != "sdxl" else lat / 0.13025, torch.tensor(factors)
+    ) + torch.tensor(bias)
     rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
     image = Image.fromarray(rgb)
     image.thumbnail((size, size))
@@ -89,9 +111,18 @@ def sample(
     unet = pipe.unet
     device = checkpoint.device
     dtype = unet.dtype
-    sched, step_kwargs = make_scheduler(sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, seed))
+    sched, step_kwargs = make_scheduler(
+        sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, seed)
+    )
 
     if start_step is None:  # KSampler: ComfyUI's denoise semantics
+        if (
+            denoise < 1.0 and steps / denoise > MAX_SCHEDULE
+        ):  # a tiny denoise would need a huge schedule
+            raise ValueError(
+                f"denoise {denoise:g} with {steps} steps needs a schedule of {steps / denoise:.3g} steps, "
+                f"more than the {MAX_SCHEDULE} allowed; raise denoise or lower steps"
+            )
         total = steps if denoise >= 1.0 else max(int(steps / denoise), steps)
         start_step, end_step = total - steps, total
     else:
@@ -124,29 +155,40 @@ def sample(
     added = None
     if checkpoint.is_xl:
         height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype).repeat(batch, 1)
+        time_ids = torch.tensor(
+            [[height, width, 0, 0, height, width]], device=device, dtype=dtype
+        ).repeat(batch, 1)
         pooled = _repeat(positive.pooled, batch).to(device, dtype)
         if do_cfg:
             pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
             time_ids = torch.cat([time_ids, time_ids])
         added = {"text_embeds": pooled, "time_ids": time_ids}
 
+    # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
+    # dpmpp_sde) make two scheduler calls per step.
+    n_steps = -(-len(timesteps) // order)
     step_params = inspect.signature(sched.step).parameters
     if "generator" in step_params:
-        step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
+        step_kwargs["generator"] = torch.Generator("cpu").manual_seed((int(seed) + 1) % 2**64)
     last = None
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             model_in = torch.cat([x] * 2) if do_cfg else x
             model_in = sched.scale_model_input(model_in, t)
-            noise_pred = unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+            noise_pred = unet(
+                model_in,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
             if do_cfg:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
             last = sched.step(noise_pred, t, x, **step_kwargs, return_dict=True)
             x = last.prev_sample
-            if on_step is not None:
-                on_step(i + 1, len(timesteps), x)
+            if on_step is not None and ((i + 1) % order == 0 or i + 1 == len(timesteps)):
+                on_step(n_steps if i + 1 == len(timesteps) else (i + 1) // order, n_steps, x)
     if end_step < total and force_full_denoise and last is not None:
         denoised = getattr(last, "pred_original_sample", None)
         if denoised is not None:

@@ -16,7 +16,10 @@ def _base(request: GenerationRequest, default_model: str) -> tuple[dict[str, Any
     if request.seed is None:
         raise TemplateError("the request has no seed; call request.with_seed() first")
     workflow: dict[str, Any] = {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": request.model or default_model}},
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": request.model or default_model},
+        },
     }
     model, clip = ["4", 0], ["4", 1]
     for i, lora in enumerate(request.loras):
@@ -32,12 +35,20 @@ def _base(request: GenerationRequest, default_model: str) -> tuple[dict[str, Any
             },
         }
         model, clip = [node_id, 0], [node_id, 1]
-    workflow["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": request.prompt, "clip": clip}}
-    workflow["7"] = {"class_type": "CLIPTextEncode", "inputs": {"text": request.negative, "clip": clip}}
+    workflow["6"] = {
+        "class_type": "CLIPTextEncode",
+        "inputs": {"text": request.prompt, "clip": clip},
+    }
+    workflow["7"] = {
+        "class_type": "CLIPTextEncode",
+        "inputs": {"text": request.negative, "clip": clip},
+    }
     return workflow, model, clip
 
 
-def _sampler(request: GenerationRequest, model: list, latent: list, denoise: float) -> dict[str, Any]:
+def _sampler(
+    request: GenerationRequest, model: list, latent: list, denoise: float
+) -> dict[str, Any]:
     return {
         "class_type": "KSampler",
         "inputs": {
@@ -57,7 +68,10 @@ def _sampler(request: GenerationRequest, model: list, latent: list, denoise: flo
 
 def _finish(workflow: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
     workflow["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}}
-    workflow["9"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": request.filename_prefix, "images": ["8", 0]}}
+    workflow["9"] = {
+        "class_type": "SaveImage",
+        "inputs": {"filename_prefix": request.filename_prefix, "images": ["8", 0]},
+    }
     return workflow
 
 
@@ -66,7 +80,11 @@ def build_txt2img(request: GenerationRequest, default_model: str) -> dict[str, A
     workflow, model, _ = _base(request, default_model)
     workflow["5"] = {
         "class_type": "EmptyLatentImage",
-        "inputs": {"width": request.width, "height": request.height, "batch_size": request.batch_size},
+        "inputs": {
+            "width": request.width,
+            "height": request.height,
+            "batch_size": request.batch_size,
+        },
     }
     workflow["3"] = _sampler(request, model, ["5", 0], 1.0)
     return _finish(workflow, request)
@@ -83,11 +101,20 @@ def build_img2img(request: GenerationRequest, default_model: str) -> dict[str, A
     workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": request.init_image}}
     workflow["11"] = {
         "class_type": "ImageScale",
-        "inputs": {"image": ["10", 0], "upscale_method": "bicubic", "width": request.width, "height": request.height, "crop": "center"},
+        "inputs": {
+            "image": ["10", 0],
+            "upscale_method": "bicubic",
+            "width": request.width,
+            "height": request.height,
+            "crop": "center",
+        },
     }
     workflow["12"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["11", 0], "vae": ["4", 2]}}
     if request.batch_size > 1:
-        workflow["13"] = {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["12", 0], "amount": request.batch_size}}
+        workflow["13"] = {
+            "class_type": "RepeatLatentBatch",
+            "inputs": {"samples": ["12", 0], "amount": request.batch_size},
+        }
         latent = ["13", 0]
     else:
         latent = ["12", 0]

@@ -9,7 +9,9 @@ from collections import OrderedDict
 from typing import Any
 
 
-def cache_key(class_type: str, literals: dict[str, Any], links: dict[str, tuple[str, int]], extra: Any) -> str:
+def cache_key(
+    class_type: str, literals: dict[str, Any], links: dict[str, tuple[str, int]], extra: Any
+) -> str:
     """The key of a node: its class, its literal inputs and its ancestors' keys.
 
     ``links`` maps an input name to ``(ancestor_key, output_index)``; ``extra`` is what

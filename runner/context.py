@@ -50,5 +50,7 @@ class NodeContext:
 
     def progress(self, step: int, total: int, preview: Any = None) -> None:
         """Report sampling step ``step`` of ``total`` (and honour cancellation)."""
-        self.emit(ev.Progress(self.job_id, node_id=self.node_id, step=step, total=total, preview=preview))
+        self.emit(
+            ev.Progress(self.job_id, node_id=self.node_id, step=step, total=total, preview=preview)
+        )
         self.check_cancelled()

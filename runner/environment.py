@@ -29,7 +29,11 @@ class Environment:
     """Everything a workflow run needs. Build one per process and reuse it: models and node
     outputs stay cached inside it between jobs."""
 
-    def __init__(self, settings: EngineSettings | None = None, plugin_manager: pluggy.PluginManager | None = None):
+    def __init__(
+        self,
+        settings: EngineSettings | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ):
         from runner.models.manager import ModelManager  # heavy: torch
 
         self.settings = settings or EngineSettings()

@@ -106,7 +106,16 @@ class Executor:
                 if cancel.cancelled:
                     raise JobCancelled(f"job {job_id} cancelled before node {node_id}")
                 current = node = result.nodes[node_id]
-                ctx = NodeContext(self.env, job_id, node_id, node.node_type.name, on_event, cancel, previews, job_extra)
+                ctx = NodeContext(
+                    self.env,
+                    job_id,
+                    node_id,
+                    node.node_type.name,
+                    on_event,
+                    cancel,
+                    previews,
+                    job_extra,
+                )
                 keys[node_id] = self._key(node, keys, ctx)
                 cached = self.env.node_cache.get(keys[node_id])
                 if cached is not None:
@@ -114,23 +123,44 @@ class Executor:
                     run.cached.append(node_id)
                     on_event(ev.NodeCached(job_id, node_id=node_id, class_type=node.node_type.name))
                 else:
-                    on_event(ev.NodeStarted(job_id, node_id=node_id, class_type=node.node_type.name))
+                    on_event(
+                        ev.NodeStarted(job_id, node_id=node_id, class_type=node.node_type.name)
+                    )
                     t0 = time.perf_counter()
                     outputs, ui = self._call(node, run.values, ctx)
                     self.env.node_cache.put(keys[node_id], (outputs, ui))
                     run.values[node_id] = outputs
                     run.executed.append(node_id)
-                    on_event(ev.NodeFinished(job_id, node_id=node_id, class_type=node.node_type.name, seconds=time.perf_counter() - t0))
+                    on_event(
+                        ev.NodeFinished(
+                            job_id,
+                            node_id=node_id,
+                            class_type=node.node_type.name,
+                            seconds=time.perf_counter() - t0,
+                        )
+                    )
                 if node.node_type.output_node:
                     run.outputs[node_id] = ui
         except JobCancelled:
             on_event(ev.Cancelled(job_id, node_id=current.node_id if current else None))
             raise
         except NodeExecutionError as exc:
-            on_event(ev.Failed(job_id, message=exc.message, node_id=exc.node_id, class_type=exc.class_type))
+            on_event(
+                ev.Failed(
+                    job_id, message=exc.message, node_id=exc.node_id, class_type=exc.class_type
+                )
+            )
             raise
         run.seconds = time.perf_counter() - started
-        on_event(ev.Finished(job_id, outputs=run.outputs, executed=run.executed, cached=run.cached, seconds=run.seconds))
+        on_event(
+            ev.Finished(
+                job_id,
+                outputs=run.outputs,
+                executed=run.executed,
+                cached=run.cached,
+                seconds=run.seconds,
+            )
+        )
         return run
 
     def _key(self, node: ResolvedNode, keys: dict[str, str], ctx: NodeContext) -> str:
@@ -143,7 +173,9 @@ class Executor:
         links = {name: (keys[src], idx) for name, (src, idx) in node.links.items()}
         return cache_key(node.node_type.name, node.literals, links, extra)
 
-    def _call(self, node: ResolvedNode, values: dict[str, tuple], ctx: NodeContext) -> tuple[tuple, dict]:
+    def _call(
+        self, node: ResolvedNode, values: dict[str, tuple], ctx: NodeContext
+    ) -> tuple[tuple, dict]:
         """Run one node; a node returns a tuple of outputs, or ``{"ui": {...}, "result": (...)}``
         as ComfyUI's output nodes do."""
         kwargs = dict(node.literals)
@@ -158,7 +190,11 @@ class Executor:
                 raise
             except Exception as exc:
                 if attempt == 1 and _is_oom(exc):
-                    log.warning("out of memory in node %s (%s); freeing caches and retrying once", node.node_id, name)
+                    log.warning(
+                        "out of memory in node %s (%s); freeing caches and retrying once",
+                        node.node_id,
+                        name,
+                    )
                     self.env.free_memory()
                     continue
                 log.exception("node %s (%s) failed", node.node_id, name)
@@ -170,7 +206,8 @@ class Executor:
             outputs = tuple(returned.get("result", ()))
         if not isinstance(outputs, tuple) or len(outputs) != len(node.node_type.outputs):
             raise NodeExecutionError(
-                node.node_id, name,
+                node.node_id,
+                name,
                 f"returned {type(returned).__name__} but must return a tuple of {len(node.node_type.outputs)} output(s)",
             )
         return outputs, ui
@@ -193,4 +230,8 @@ def _readable(exc: BaseException) -> str:
     if isinstance(exc, EaselError):
         return str(exc)
     text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, (ValueError, FileNotFoundError)) else text
+    return (
+        f"{type(exc).__name__}: {text}"
+        if not isinstance(exc, (ValueError, FileNotFoundError))
+        else text
+    )

@@ -82,6 +82,8 @@ def easel_job_started(job_id: str, user_id: int | None, workflow: dict[str, Any]
 
 
 @hookspec
-def easel_job_finished(job_id: str, user_id: int | None, status: str, images: list[str], error: str | None) -> None:
+def easel_job_finished(
+    job_id: str, user_id: int | None, status: str, images: list[str], error: str | None
+) -> None:
     """Called on the worker when a job ends: ``status`` is done, failed or cancelled,
     ``images`` the paths written, ``error`` a readable message for failures."""

@@ -26,7 +26,13 @@ class BadImage(EaselError):
     """An image file that is not an image, is too large, or is in a format easel refuses."""
 
 
-def open_image(data: bytes | Path, *, max_bytes: int | None = None, max_pixels: int = MAX_PIXELS, name: str = "") -> Image.Image:
+def open_image(
+    data: bytes | Path,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    name: str = "",
+) -> Image.Image:
     """Open an untrusted image: checks size in bytes, format, pixel count (decompression
     bombs) and decodes it fully. Returns an RGB or RGBA image with EXIF rotation applied."""
     label = name or (data.name if isinstance(data, Path) else "image")
@@ -36,21 +42,29 @@ def open_image(data: bytes | Path, *, max_bytes: int | None = None, max_pixels: 
         except FileNotFoundError:
             raise BadImage(f"{label}: file not found") from None
         if max_bytes is not None and size > max_bytes:
-            raise BadImage(f"{label} is {size / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB allowed")
+            raise BadImage(
+                f"{label} is {size / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB allowed"
+            )
         raw = data.read_bytes()
     else:
         raw = data
         if max_bytes is not None and len(raw) > max_bytes:
-            raise BadImage(f"{label} is {len(raw) / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB allowed")
+            raise BadImage(
+                f"{label} is {len(raw) / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB allowed"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             if image.format not in ACCEPTED_FORMATS:
-                raise BadImage(f"{label} is a {image.format} file; send PNG, JPEG, WebP, GIF or BMP")
+                raise BadImage(
+                    f"{label} is a {image.format} file; send PNG, JPEG, WebP, GIF or BMP"
+                )
             width, height = image.size
             if width * height > max_pixels:
-                raise BadImage(f"{label} is {width}x{height} px, more than the {max_pixels} pixels allowed")
+                raise BadImage(
+                    f"{label} is {width}x{height} px, more than the {max_pixels} pixels allowed"
+                )
             image.load()
     except BadImage:
         raise
@@ -60,7 +74,9 @@ def open_image(data: bytes | Path, *, max_bytes: int | None = None, max_pixels: 
         raise BadImage(f"{label} is not a readable image ({type(exc).__name__})") from None
     image = ImageOps.exif_transpose(image)
     if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+        image = image.convert(
+            "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+        )
     return image
 
 
@@ -90,8 +106,15 @@ def a1111_parameters(params: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {params['negative']}")
     pairs = []
     for label, key in (
-        ("Steps", "steps"), ("Sampler", "sampler"), ("Schedule type", "scheduler"), ("CFG scale", "cfg"),
-        ("Seed", "seed"), ("Size", "size"), ("Model", "model"), ("Denoising strength", "denoise"), ("Lora", "loras"),
+        ("Steps", "steps"),
+        ("Sampler", "sampler"),
+        ("Schedule type", "scheduler"),
+        ("CFG scale", "cfg"),
+        ("Seed", "seed"),
+        ("Size", "size"),
+        ("Model", "model"),
+        ("Denoising strength", "denoise"),
+        ("Lora", "loras"),
     ):
         if params.get(key) not in (None, ""):
             pairs.append(f"{label}: {params[key]}")

@@ -25,7 +25,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 
 
 def build_plugin_manager(
-    *, builtins: tuple[str, ...] = DEFAULT_PLUGINS, entry_points: bool = True, extra: tuple[object, ...] = ()
+    *,
+    builtins: tuple[str, ...] = DEFAULT_PLUGINS,
+    entry_points: bool = True,
+    extra: tuple[object, ...] = (),
 ) -> pluggy.PluginManager:
     """A plugin manager with easel's hook specs, the built-ins, ``extra`` plugin objects and
     the ``easel`` entry-point group; ``check_pending()`` makes a misspelt hook fail loudly."""

@@ -33,7 +33,8 @@ class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EASEL_", extra="ignore", validate_default=True)
 
     data_dir: Path = Field(
-        default=Path("easel-data"), description="Folder for outputs, inputs, caches and the database."
+        default=Path("easel-data"),
+        description="Folder for outputs, inputs, caches and the database.",
     )
     models_dir: Path | None = Field(
         default=None,
@@ -41,12 +42,16 @@ class EngineSettings(BaseSettings):
         "Defaults to DATA_DIR/models; may point at an existing ComfyUI models folder.",
     )
     cache_folder: Path | None = Field(
-        default=None, description="Where built models and tokenizers are kept; defaults to DATA_DIR/cache."
+        default=None,
+        description="Where built models and tokenizers are kept; defaults to DATA_DIR/cache.",
     )
     extra_model_dirs: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="More models folders in the same layout, searched after models_dir."
+        default_factory=list,
+        description="More models folders in the same layout, searched after models_dir.",
     )
-    default_model: str = Field(default="tiny-random", description="Checkpoint used when a request names none.")
+    default_model: str = Field(
+        default="tiny-random", description="Checkpoint used when a request names none."
+    )
     allow_hub_downloads: bool = Field(
         default=False,
         description="Allow Hugging Face repo ids as model names (needs a network; off by default).",
@@ -59,18 +64,29 @@ class EngineSettings(BaseSettings):
         default="sdpa", description="Attention implementation: PyTorch SDPA or the library default."
     )
     vae_tiling: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Decode/encode in tiles; 'auto' tiles images larger than 1024 px."
+        default="auto",
+        description="Decode/encode in tiles; 'auto' tiles images larger than 1024 px.",
     )
-    low_vram: bool = Field(default=False, description="Model CPU offload: slower, much less GPU memory.")
-    compile: bool = Field(default=False, description="torch.compile the UNet (slow first run, faster after).")
-    model_cache_gb: float = Field(default=0.0, description="Memory budget for loaded models in GB; 0 = auto.")
-    node_cache_size: int = Field(default=256, ge=1, description="Node outputs kept for reuse (entries).")
+    low_vram: bool = Field(
+        default=False, description="Model CPU offload: slower, much less GPU memory."
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the UNet (slow first run, faster after)."
+    )
+    model_cache_gb: float = Field(
+        default=0.0, description="Memory budget for loaded models in GB; 0 = auto."
+    )
+    node_cache_size: int = Field(
+        default=256, ge=1, description="Node outputs kept for reuse (entries)."
+    )
 
     max_width: int = Field(default=2048, ge=64)
     max_height: int = Field(default=2048, ge=64)
     max_steps: int = Field(default=150, ge=1)
     max_batch: int = Field(default=8, ge=1)
-    max_upload_mb: float = Field(default=25.0, gt=0, description="Largest image or LoRA file accepted.")
+    max_upload_mb: float = Field(
+        default=25.0, gt=0, description="Largest image or LoRA file accepted."
+    )
 
     threads: int = Field(default=0, ge=0, description="CPU threads for torch; 0 = torch's default.")
 

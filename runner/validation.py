@@ -152,7 +152,9 @@ def convert_literal(spec: Input, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"expected text, got {_short(value)}")
-    raise ValueError(f"a {kind} input needs a link [node_id, output_index], got the literal {_short(value)}")
+    raise ValueError(
+        f"a {kind} input needs a link [node_id, output_index], got the literal {_short(value)}"
+    )
 
 
 def validate(
@@ -162,7 +164,12 @@ def validate(
     issues: list[ValidationIssue] = []
     nodes: dict[str, ResolvedNode] = {}
     if not isinstance(workflow, dict):
-        issues.append(ValidationIssue("invalid_prompt", f"a workflow must be an object of nodes, got {type(workflow).__name__}"))
+        issues.append(
+            ValidationIssue(
+                "invalid_prompt",
+                f"a workflow must be an object of nodes, got {type(workflow).__name__}",
+            )
+        )
         return ValidationResult(issues, nodes, [])
     if not workflow:
         issues.append(ValidationIssue("prompt_no_outputs", "the workflow has no nodes"))
@@ -176,34 +183,69 @@ def validate(
     for raw_id, entry in workflow.items():
         node_id = str(raw_id)
         if node_id in present:
-            issues.append(ValidationIssue("invalid_prompt", f"node id {node_id!r} is given twice", node_id, value=raw_id))
+            issues.append(
+                ValidationIssue(
+                    "invalid_prompt", f"node id {node_id!r} is given twice", node_id, value=raw_id
+                )
+            )
             continue
         present.add(node_id)
         if not isinstance(entry, dict):
-            issues.append(ValidationIssue("invalid_prompt", f"node must be an object, got {_short(entry)}", node_id, value=entry))
+            issues.append(
+                ValidationIssue(
+                    "invalid_prompt",
+                    f"node must be an object, got {_short(entry)}",
+                    node_id,
+                    value=entry,
+                )
+            )
             continue
         class_type = entry.get("class_type")
         if not isinstance(class_type, str) or not class_type:
-            issues.append(ValidationIssue("invalid_prompt", "node is missing the class_type property", node_id, value=class_type))
+            issues.append(
+                ValidationIssue(
+                    "invalid_prompt",
+                    "node is missing the class_type property",
+                    node_id,
+                    value=class_type,
+                )
+            )
             continue
         node_type = node_types.get(class_type)
         if node_type is None:
-            issues.append(ValidationIssue(
-                "invalid_prompt",
-                f"unknown node type {class_type!r}; `easel nodes` lists the node types available",
-                node_id, class_type, value=class_type,
-            ))
+            issues.append(
+                ValidationIssue(
+                    "invalid_prompt",
+                    f"unknown node type {class_type!r}; `easel nodes` lists the node types available",
+                    node_id,
+                    class_type,
+                    value=class_type,
+                )
+            )
             continue
         inputs = entry.get("inputs", {})
         if not isinstance(inputs, dict):
-            issues.append(ValidationIssue("invalid_prompt", f"inputs must be an object, got {_short(inputs)}", node_id, class_type, value=inputs))
+            issues.append(
+                ValidationIssue(
+                    "invalid_prompt",
+                    f"inputs must be an object, got {_short(inputs)}",
+                    node_id,
+                    class_type,
+                    value=inputs,
+                )
+            )
             continue
         known[node_id] = node_type
         inputs_of[node_id] = inputs
 
     outputs = sorted((nid for nid, nt in known.items() if nt.output_node), key=_id_order)
     if not outputs:
-        issues.append(ValidationIssue("prompt_no_outputs", "the workflow has no output node (such as SaveImage), so nothing would be produced"))
+        issues.append(
+            ValidationIssue(
+                "prompt_no_outputs",
+                "the workflow has no output node (such as SaveImage), so nothing would be produced",
+            )
+        )
 
     # Pass 2: inputs of every node an output needs (every node when there is no output).
     to_check = _ancestors(inputs_of, present, outputs) if outputs else set(known)
@@ -211,7 +253,9 @@ def validate(
         node_type = known.get(node_id)
         if node_type is None:
             continue
-        node_issues, resolved = _check_node(node_id, node_type, inputs_of[node_id], present, known, env)
+        node_issues, resolved = _check_node(
+            node_id, node_type, inputs_of[node_id], present, known, env
+        )
         issues.extend(node_issues)
         if not node_issues:
             nodes[node_id] = resolved
@@ -219,11 +263,14 @@ def validate(
     # Pass 3: cycles among the nodes that resolved.
     for cycle in _cycles(nodes):
         first = cycle[0]
-        issues.append(ValidationIssue(
-            "dependency_cycle",
-            "nodes depend on each other in a cycle: " + " -> ".join(cycle + [first]),
-            first, nodes[first].node_type.name,
-        ))
+        issues.append(
+            ValidationIssue(
+                "dependency_cycle",
+                "nodes depend on each other in a cycle: " + " -> ".join(cycle + [first]),
+                first,
+                nodes[first].node_type.name,
+            )
+        )
     return ValidationResult(issues, nodes, outputs)
 
 
@@ -231,7 +278,9 @@ def _id_order(node_id: str) -> tuple[int, int | str]:
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 
 
-def _ancestors(inputs_of: dict[str, dict[str, Any]], present: set[str], outputs: list[str]) -> set[str]:
+def _ancestors(
+    inputs_of: dict[str, dict[str, Any]], present: set[str], outputs: list[str]
+) -> set[str]:
     seen: set[str] = set()
     stack = list(outputs)
     while stack:
@@ -242,7 +291,12 @@ def _ancestors(inputs_of: dict[str, dict[str, Any]], present: set[str], outputs:
         if node_id not in inputs_of:
             continue
         for value in inputs_of[node_id].values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool):
+            if (
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[0], (str, int))
+                and not isinstance(value[0], bool)
+            ):
                 source = str(value[0])
                 if source in present and source not in seen:
                     stack.append(source)
@@ -267,7 +321,12 @@ def _check_node(
     for spec in node_type.inputs:
         if spec.name not in inputs:
             if spec.required and spec.default is None:
-                problem("required_input_missing", f"required input '{spec.name}' ({spec.type}) is missing", spec, None)
+                problem(
+                    "required_input_missing",
+                    f"required input '{spec.name}' ({spec.type}) is missing",
+                    spec,
+                    None,
+                )
             elif spec.default is not None or not spec.required:
                 if spec.type in T.PRIMITIVES and spec.default is not None:
                     resolved.literals[spec.name] = spec.default
@@ -277,24 +336,46 @@ def _check_node(
             _check_link(node_id, spec, value, present, known, problem, resolved)
             continue
         if spec.type not in T.PRIMITIVES:
-            problem("invalid_input_type", f"a {spec.type} input needs a link [node_id, output_index], got the literal {_short(value)}", spec, value)
+            problem(
+                "invalid_input_type",
+                f"a {spec.type} input needs a link [node_id, output_index], got the literal {_short(value)}",
+                spec,
+                value,
+            )
             continue
         try:
             converted = convert_literal(spec, value)
         except ValueError as exc:
-            problem("invalid_input_type", f"cannot use {_short(value)} as {spec.type}: {exc}", spec, value)
+            problem(
+                "invalid_input_type",
+                f"cannot use {_short(value)} as {spec.type}: {exc}",
+                spec,
+                value,
+            )
             continue
         if not _check_range(spec, converted, value, env, problem):
             continue
         try:
             allowed = spec.allowed(env) if spec.check is None else None  # a check is authoritative
-            message = spec.check(converted, env) if spec.check is not None and env is not None else None
+            message = (
+                spec.check(converted, env) if spec.check is not None and env is not None else None
+            )
         except Exception as exc:  # a plugin's choices or check must not break validation
-            problem("value_not_in_list", f"could not check {_short(value)}: {type(exc).__name__}: {exc}", spec, value)
+            problem(
+                "value_not_in_list",
+                f"could not check {_short(value)}: {type(exc).__name__}: {exc}",
+                spec,
+                value,
+            )
             continue
         if allowed is not None and converted not in allowed:
             shown = ", ".join(allowed[:40]) + (" ..." if len(allowed) > 40 else "")
-            problem("value_not_in_list", f"{_short(value)} is not one of the allowed values: {shown or '(none available)'}", spec, value)
+            problem(
+                "value_not_in_list",
+                f"{_short(value)} is not one of the allowed values: {shown or '(none available)'}",
+                spec,
+                value,
+            )
             continue
         if message:
             problem("value_not_in_list", message, spec, value)
@@ -302,8 +383,21 @@ def _check_node(
         resolved.literals[spec.name] = converted
 
     if not issues and node_type.validate is not None:
-        for input_name, message in node_type.validate(dict(resolved.literals)):
-            issues.append(ValidationIssue("custom_validation_failed", message, node_id, class_type, input_name, resolved.literals.get(input_name)))
+        try:
+            problems = list(node_type.validate(dict(resolved.literals)))
+        except Exception as exc:  # a plugin's check must not break validation
+            problems = [(None, f"could not check the inputs: {type(exc).__name__}: {exc}")]
+        for input_name, message in problems:
+            issues.append(
+                ValidationIssue(
+                    "custom_validation_failed",
+                    message,
+                    node_id,
+                    class_type,
+                    input_name,
+                    resolved.literals.get(input_name),
+                )
+            )
     return issues, resolved
 
 
@@ -311,12 +405,26 @@ def _check_range(spec: Input, converted: Any, raw: Any, env: Environment | None,
     if spec.type not in (T.INT, T.FLOAT):
         return True
     if spec.min is not None and converted < spec.min:
-        problem("value_smaller_than_min", f"{_short(raw)} is smaller than the minimum {_num(spec.min)}", spec, raw)
+        problem(
+            "value_smaller_than_min",
+            f"{_short(raw)} is smaller than the minimum {_num(spec.min)}",
+            spec,
+            raw,
+        )
         return False
     maximum = spec.effective_max(env)
     if maximum is not None and converted > maximum:
-        why = f" (the configured limit {spec.limit})" if spec.limit and env is not None and maximum != spec.max else ""
-        problem("value_bigger_than_max", f"{_short(raw)} is bigger than the maximum {_num(maximum)}{why}", spec, raw)
+        why = (
+            f" (the configured limit {spec.limit})"
+            if spec.limit and env is not None and maximum != spec.max
+            else ""
+        )
+        problem(
+            "value_bigger_than_max",
+            f"{_short(raw)} is bigger than the maximum {_num(maximum)}{why}",
+            spec,
+            raw,
+        )
         return False
     return True
 
@@ -325,27 +433,63 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _check_link(node_id, spec: Input, value: list, present: set[str], known: dict[str, NodeType], problem, resolved: ResolvedNode) -> None:
-    if not (len(value) == 2 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)):
-        problem("bad_linked_input", f"a link must be [node_id, output_index], got {_short(value)}", spec, value)
+def _check_link(
+    node_id,
+    spec: Input,
+    value: list,
+    present: set[str],
+    known: dict[str, NodeType],
+    problem,
+    resolved: ResolvedNode,
+) -> None:
+    if not (
+        len(value) == 2
+        and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        problem(
+            "bad_linked_input",
+            f"a link must be [node_id, output_index], got {_short(value)}",
+            spec,
+            value,
+        )
         return
     source, index = str(value[0]), value[1]
     if source not in present:
-        problem("bad_linked_input", f"links to node {source!r}, which is not in the workflow", spec, value)
+        problem(
+            "bad_linked_input",
+            f"links to node {source!r}, which is not in the workflow",
+            spec,
+            value,
+        )
         return
     source_type = known.get(source)
     if source_type is None:
-        problem("bad_linked_input", f"links to node {source!r}, which is itself invalid", spec, value)
+        problem(
+            "bad_linked_input", f"links to node {source!r}, which is itself invalid", spec, value
+        )
         return
     if index < 0 or index >= len(source_type.outputs):
-        problem("bad_linked_input", f"links to output {index} of node {source} ({source_type.name}), which has {len(source_type.outputs)} output(s)", spec, value)
+        problem(
+            "bad_linked_input",
+            f"links to output {index} of node {source} ({source_type.name}), which has {len(source_type.outputs)} output(s)",
+            spec,
+            value,
+        )
         return
     given = source_type.outputs[index]
     accepted = {spec.type}
     if spec.type == T.COMBO:
         accepted |= {T.STRING}
     if given not in accepted and "*" not in (given, spec.type):
-        problem("return_type_mismatch", f"expects {spec.type} but output {index} of node {source} ({source_type.name}) is {given}", spec, value)
+        problem(
+            "return_type_mismatch",
+            f"expects {spec.type} but output {index} of node {source} ({source_type.name}) is {given}",
+            spec,
+            value,
+        )
         return
     resolved.links[spec.name] = (source, index)
 
@@ -358,7 +502,12 @@ def _cycles(nodes: dict[str, ResolvedNode]) -> list[list[str]]:
         if colour[start] != WHITE:
             continue
         path: list[str] = []
-        stack: list[tuple[str, list[str]]] = [(start, sorted({s for s, _ in nodes[start].links.values() if s in nodes}, key=_id_order))]
+        stack: list[tuple[str, list[str]]] = [
+            (
+                start,
+                sorted({s for s, _ in nodes[start].links.values() if s in nodes}, key=_id_order),
+            )
+        ]
         colour[start] = GREY
         path.append(start)
         while stack:
@@ -366,11 +515,19 @@ def _cycles(nodes: dict[str, ResolvedNode]) -> list[list[str]]:
             if todo:
                 nxt = todo.pop(0)
                 if colour[nxt] == GREY:
-                    found.append(path[path.index(nxt):])
+                    found.append(path[path.index(nxt) :])
                 elif colour[nxt] == WHITE:
                     colour[nxt] = GREY
                     path.append(nxt)
-                    stack.append((nxt, sorted({s for s, _ in nodes[nxt].links.values() if s in nodes}, key=_id_order)))
+                    stack.append(
+                        (
+                            nxt,
+                            sorted(
+                                {s for s, _ in nodes[nxt].links.values() if s in nodes},
+                                key=_id_order,
+                            ),
+                        )
+                    )
             else:
                 colour[current] = BLACK
                 path.pop()

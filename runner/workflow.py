@@ -34,8 +34,14 @@ def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             where = f"{source}: " if isinstance(source, Path) else ""
-            raise WorkflowError(f"{where}not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "class_type" not in data["prompt"]:
+            raise WorkflowError(
+                f"{where}not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("prompt"), dict)
+        and "class_type" not in data["prompt"]
+    ):
         data = data["prompt"]
     if not isinstance(data, dict):
         raise WorkflowError(f"a workflow must be a JSON object of nodes, got {type(data).__name__}")
@@ -58,7 +64,9 @@ def _read_text(source: str | Path) -> str:
     except OSError as exc:
         raise WorkflowError(f"cannot read workflow file {path}: {exc.strerror}") from exc
     if size > MAX_WORKFLOW_BYTES:
-        raise WorkflowError(f"workflow file {path} is {size} bytes, more than the {MAX_WORKFLOW_BYTES} allowed")
+        raise WorkflowError(
+            f"workflow file {path} is {size} bytes, more than the {MAX_WORKFLOW_BYTES} allowed"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -80,21 +88,34 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return node_id, input_name, value
 
 
-def apply_overrides(workflow: Workflow, overrides: list[str] | list[tuple[str, str, Any]]) -> Workflow:
+def apply_overrides(
+    workflow: Workflow, overrides: list[str] | list[tuple[str, str, Any]]
+) -> Workflow:
     """A copy of ``workflow`` with each override's input set; the node must exist."""
     out = copy.deepcopy(workflow)
     for item in overrides:
         node_id, input_name, value = parse_override(item) if isinstance(item, str) else item
         node = out.get(node_id)
         if not isinstance(node, dict):
-            raise WorkflowError(f"override {node_id}.{input_name}: there is no node {node_id!r} in the workflow")
+            raise WorkflowError(
+                f"override {node_id}.{input_name}: there is no node {node_id!r} in the workflow"
+            )
         inputs = node.setdefault("inputs", {})
         if not isinstance(inputs, dict):
-            raise WorkflowError(f"override {node_id}.{input_name}: node {node_id!r} has malformed inputs")
+            raise WorkflowError(
+                f"override {node_id}.{input_name}: node {node_id!r} has malformed inputs"
+            )
         inputs[input_name] = value
     return out
 
 
 def is_link(value: Any) -> bool:
     """Whether an input value is a link ``[node_id, output_index]`` (shape only)."""
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )

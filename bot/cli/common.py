@@ -99,7 +99,9 @@ def handle_errors(fn: Callable) -> Callable:
 
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if verbose == 0:
         # Node failures are reported once, as a sentence; the traceback is for -v.
         logging.getLogger("runner.executor").setLevel(logging.CRITICAL)

@@ -28,7 +28,9 @@ def parse_lora(text: str) -> tuple[str, float]:
     try:
         value = float(weight)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: the weight after ':' must be a number, got {weight!r}", param_hint="--lora") from None
+        raise click.BadParameter(
+            f"{text!r}: the weight after ':' must be a number, got {weight!r}", param_hint="--lora"
+        ) from None
     if not name:
         raise click.BadParameter(f"{text!r}: give NAME:WEIGHT", param_hint="--lora")
     return name, value
@@ -87,23 +89,72 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 @click.option("--negative", default="", help="What the image should not show.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Random when not given.")
 @click.option("--steps", type=click.IntRange(1, None), default=20, show_default=True)
-@click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--sampler", default="euler", show_default=True, help="A ComfyUI sampler name (easel nodes KSampler).")
+@click.option(
+    "--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale."
+)
+@click.option(
+    "--sampler",
+    default="euler",
+    show_default=True,
+    help="A ComfyUI sampler name (easel nodes KSampler).",
+)
 @click.option("--scheduler", default="normal", show_default=True, help="A ComfyUI scheduler name.")
 @click.option("--width", type=click.IntRange(16, None), default=512, show_default=True)
 @click.option("--height", type=click.IntRange(16, None), default=512, show_default=True)
-@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Images in one batch.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, None),
+    default=1,
+    show_default=True,
+    help="Images in one batch.",
+)
 @click.option("--model", help="Checkpoint name (easel models); the configured default otherwise.")
-@click.option("--lora", "loras", multiple=True, metavar="NAME:WEIGHT", help="Apply a LoRA; repeatable.")
-@click.option("--init-image", type=click.Path(dir_okay=False, path_type=Path), help="Image for img2img.")
-@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True, help="img2img denoise.")
+@click.option(
+    "--lora", "loras", multiple=True, metavar="NAME:WEIGHT", help="Apply a LoRA; repeatable."
+)
+@click.option(
+    "--init-image", type=click.Path(dir_okay=False, path_type=Path), help="Image for img2img."
+)
+@click.option(
+    "--strength",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.75,
+    show_default=True,
+    help="img2img denoise.",
+)
 @click.option("--template", help="Workflow template (txt2img, img2img, or one from a plugin).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the image here (.png/.jpg/.webp).")
-@click.option("--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout.")
-@click.option("--print-workflow", is_flag=True, help="Print the workflow the template built and stop.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the image here (.png/.jpg/.webp).",
+)
+@click.option(
+    "--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout."
+)
+@click.option(
+    "--print-workflow", is_flag=True, help="Print the workflow the template built and stop."
+)
 @handle_errors
-def generate(prompt, negative, seed, steps, cfg, sampler, scheduler, width, height, batch, model, loras,
-             init_image, strength, template, out, events, print_workflow):
+def generate(
+    prompt,
+    negative,
+    seed,
+    steps,
+    cfg,
+    sampler,
+    scheduler,
+    width,
+    height,
+    batch,
+    model,
+    loras,
+    init_image,
+    strength,
+    template,
+    out,
+    events,
+    print_workflow,
+):
     """Generate an image from PROMPT with a workflow template (txt2img, or img2img with --init-image)."""
     from pydantic import ValidationError
 
@@ -117,8 +168,19 @@ def generate(prompt, negative, seed, steps, cfg, sampler, scheduler, width, heig
         raise click.BadParameter(f"{out}: use a .png, .jpg or .webp file name", param_hint="--out")
     try:
         request = GenerationRequest(
-            prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler,
-            width=width, height=height, batch_size=batch, loras=parsed_loras, strength=strength, model=model,
+            prompt=prompt,
+            negative=negative,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            scheduler=scheduler,
+            width=width,
+            height=height,
+            batch_size=batch,
+            loras=parsed_loras,
+            strength=strength,
+            model=model,
             template=template,
         ).with_seed()
     except ValidationError as exc:
@@ -145,8 +207,16 @@ def generate(prompt, negative, seed, steps, cfg, sampler, scheduler, width, heig
 
 @click.command("run")
 @click.argument("workflows", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE", help="Override an input; repeatable.")
-@click.option("--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NODE.INPUT=VALUE",
+    help="Override an input; repeatable.",
+)
+@click.option(
+    "--events", type=click.Choice(["jsonl"]), help="Print every event as JSON lines on stdout."
+)
 @click.option("--previews", is_flag=True, help="Include small step previews in progress events.")
 @handle_errors
 def run_workflows(workflows, overrides, events, previews):
@@ -205,7 +275,11 @@ def nodes(names, as_json):
     """List node types with their inputs and outputs (or only NAMES)."""
     settings = load_settings()
     env = make_environment(settings)
-    chosen = [env.node_types[n] for n in names if n in env.node_types] if names else list(env.node_types.values())
+    chosen = (
+        [env.node_types[n] for n in names if n in env.node_types]
+        if names
+        else list(env.node_types.values())
+    )
     missing = [n for n in names if n not in env.node_types]
     if missing:
         raise click.ClickException(f"unknown node type(s): {', '.join(missing)}")
@@ -231,9 +305,15 @@ def nodes(names, as_json):
                 extra.append(f"{spec.get('min', '')}..{spec.get('max', '')}")
             if "choices" in spec:
                 shown = spec["choices"][:12]
-                extra.append("one of " + ", ".join(map(str, shown)) + (" ..." if len(spec["choices"]) > 12 else ""))
+                extra.append(
+                    "one of "
+                    + ", ".join(map(str, shown))
+                    + (" ..." if len(spec["choices"]) > 12 else "")
+                )
             opt = "" if spec["required"] else " (optional)"
-            click.echo(f"    {name}: {spec['type']}{opt}" + (f"  [{'; '.join(extra)}]" if extra else ""))
+            click.echo(
+                f"    {name}: {spec['type']}{opt}" + (f"  [{'; '.join(extra)}]" if extra else "")
+            )
 
 
 @click.command()
@@ -252,7 +332,10 @@ def models(as_json):
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"device: {info['device']} ({info['dtype']})")
-    click.echo("models folders (ComfyUI layout: checkpoints/, loras/, vae/): " + ", ".join(info["models_folders"]))
+    click.echo(
+        "models folders (ComfyUI layout: checkpoints/, loras/, vae/): "
+        + ", ".join(info["models_folders"])
+    )
     click.echo("checkpoints:")
     for name in info["checkpoints"]:
         click.echo(f"  {name}")

@@ -46,9 +46,19 @@ class ProgressDisplay:
     def __call__(self, event) -> None:
         kind = event.type
         if kind == "node_started":
-            self.progress.update(self.task, description=f"{event.class_type} (node {event.node_id})", total=None, completed=0)
+            self.progress.update(
+                self.task,
+                description=f"{event.class_type} (node {event.node_id})",
+                total=None,
+                completed=0,
+            )
         elif kind == "progress":
-            self.progress.update(self.task, description=f"sampling (node {event.node_id})", total=event.total, completed=event.step)
+            self.progress.update(
+                self.task,
+                description=f"sampling (node {event.node_id})",
+                total=event.total,
+                completed=event.step,
+            )
 
 
 class JsonlEvents:

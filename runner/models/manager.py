@@ -45,7 +45,12 @@ def safe_relative_name(name: str) -> PurePosixPath:
     """A model name as a relative path inside a models folder; refuses absolute paths and '..'."""
     cleaned = name.replace("\\", "/")
     rel = PurePosixPath(cleaned)
-    if not cleaned or rel.is_absolute() or any(part in ("..", "") for part in rel.parts) or ":" in rel.parts[0]:
+    if (
+        not rel.parts
+        or rel.is_absolute()
+        or any(part in ("..", "") for part in rel.parts)
+        or ":" in rel.parts[0]
+    ):
         raise ModelError(f"model name {name!r} must be a plain name relative to the models folder")
     return rel
 
@@ -76,7 +81,9 @@ class Checkpoint:
         return self.family == "sdxl"
 
     def activate_loras(
-        self, unet: Sequence[tuple[Path, float]] = (), text_encoder: Sequence[tuple[Path, float]] = ()
+        self,
+        unet: Sequence[tuple[Path, float]] = (),
+        text_encoder: Sequence[tuple[Path, float]] = (),
     ) -> None:
         """Make exactly these LoRAs active with these weights, loading any not yet loaded.
 
@@ -124,7 +131,9 @@ class Checkpoint:
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter)
         except Exception as exc:
             self._drop_partial_adapter(adapter)
-            raise ModelError(f"LoRA {path.name} could not be loaded into {self.name}: {exc}") from exc
+            raise ModelError(
+                f"LoRA {path.name} could not be loaded into {self.name}: {exc}"
+            ) from exc
         self.adapters[key] = adapter
         return adapter
 
@@ -143,7 +152,9 @@ class Checkpoint:
 
                     delete_adapter_layers(module, adapter)
             except Exception:  # pragma: no cover - best effort; the adapter stays disabled
-                log.warning("could not remove the partly loaded LoRA adapter %s", adapter, exc_info=True)
+                log.warning(
+                    "could not remove the partly loaded LoRA adapter %s", adapter, exc_info=True
+                )
 
 
 class ModelManager:
@@ -184,7 +195,9 @@ class ModelManager:
             for folder in (*CHECKPOINT_FOLDERS, *LORA_FOLDERS, "vae"):
                 base = root / folder
                 if base.is_dir():
-                    found.extend(p for p in sorted(base.rglob("*")) if p.suffix.lower() in UNSAFE_SUFFIXES)
+                    found.extend(
+                        p for p in sorted(base.rglob("*")) if p.suffix.lower() in UNSAFE_SUFFIXES
+                    )
         return found
 
     @staticmethod
@@ -206,6 +219,8 @@ class ModelManager:
             self.resolve_checkpoint(name)
         except ModelError as exc:
             return str(exc)
+        except OSError as exc:  # a name the file system cannot look up (too long...)
+            return f"no checkpoint named {name!r}: {exc.strerror or exc}"
         return None
 
     def resolve_checkpoint(self, name: str) -> tuple[str, Path | str]:
@@ -224,7 +239,11 @@ class ModelManager:
         if self.settings.allow_hub_downloads and len(rel.parts) == 2 and not rel.suffix:
             return "hub", name
         available = ", ".join(self.checkpoint_names())
-        hint = "" if self.settings.allow_hub_downloads else " (Hugging Face repo ids need allow_hub_downloads)"
+        hint = (
+            ""
+            if self.settings.allow_hub_downloads
+            else " (Hugging Face repo ids need allow_hub_downloads)"
+        )
         raise ModelError(f"no checkpoint named {name!r}; available: {available}{hint}")
 
     def lora_path(self, name: str) -> Path:
@@ -243,7 +262,9 @@ class ModelManager:
         library = self.settings.lora_library_dir / rel
         if len(rel.parts) == 1 and library.suffix == ".safetensors" and library.is_file():
             return library
-        raise ModelError(f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}")
+        raise ModelError(
+            f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}"
+        )
 
     # Loading ----------------------------------------------------------------------
     def checkpoint(self, name: str) -> Checkpoint:
@@ -269,7 +290,13 @@ class ModelManager:
             self.load_seconds[name] = time.perf_counter() - t0
             self._make_room(checkpoint.size_bytes)
             self._loaded[name] = checkpoint
-            log.info("loaded %s (%s, %.1f MB) in %.2fs", name, family, checkpoint.size_bytes / 1e6, self.load_seconds[name])
+            log.info(
+                "loaded %s (%s, %.1f MB) in %.2fs",
+                name,
+                family,
+                checkpoint.size_bytes / 1e6,
+                self.load_seconds[name],
+            )
             return checkpoint
 
     def loaded(self) -> list[Checkpoint]:
@@ -289,7 +316,11 @@ class ModelManager:
         budget = memory_budget_bytes(self.settings, self.device)
         while self._loaded and sum(c.size_bytes for c in self._loaded.values()) + incoming > budget:
             name, evicted = self._loaded.popitem(last=False)
-            log.info("evicting %s (%.1f MB) to stay within the model memory budget", name, evicted.size_bytes / 1e6)
+            log.info(
+                "evicting %s (%.1f MB) to stay within the model memory budget",
+                name,
+                evicted.size_bytes / 1e6,
+            )
 
     def _load(self, kind: str, location: Path | str) -> tuple[Any, str]:
         from diffusers import DiffusionPipeline
@@ -303,7 +334,9 @@ class ModelManager:
             if kind == "file":
                 from runner.models.single_file import load_single_file
 
-                return load_single_file(Path(location), cache_dir=self.settings.cache_dir, torch_dtype=self.dtype)
+                return load_single_file(
+                    Path(location), cache_dir=self.settings.cache_dir, torch_dtype=self.dtype
+                )
             pipe = DiffusionPipeline.from_pretrained(
                 str(location), torch_dtype=self.dtype, use_safetensors=True, safety_checker=None
             )
@@ -311,7 +344,9 @@ class ModelManager:
         except ModelError:
             raise
         except Exception as exc:
-            raise ModelError(f"checkpoint {location} could not be loaded: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(
+                f"checkpoint {location} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _from_folder(self, folder: Path) -> Any:
         from diffusers import DiffusionPipeline
@@ -322,7 +357,11 @@ class ModelManager:
             kwargs["safety_checker"] = None
             kwargs["requires_safety_checker"] = False
         return DiffusionPipeline.from_pretrained(
-            str(folder), torch_dtype=self.dtype, use_safetensors=True, local_files_only=True, **kwargs
+            str(folder),
+            torch_dtype=self.dtype,
+            use_safetensors=True,
+            local_files_only=True,
+            **kwargs,
         )
 
     def _prepare(self, checkpoint: Checkpoint) -> None:
@@ -344,7 +383,11 @@ class ModelManager:
             pipe.enable_model_cpu_offload(gpu_id=self.device.index or 0)
         else:
             if settings.low_vram:
-                log.warning("low_vram needs a CUDA GPU; running %s on %s without offload", checkpoint.name, self.device)
+                log.warning(
+                    "low_vram needs a CUDA GPU; running %s on %s without offload",
+                    checkpoint.name,
+                    self.device,
+                )
             pipe.to(self.device)
         if settings.compile:
             pipe.unet = torch.compile(pipe.unet)

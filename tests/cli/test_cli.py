@@ -25,7 +25,13 @@ EASEL = shutil.which("easel", path=str(Path(sys.executable).parent)) or "easel"
 def cli_env(tmp_path, cache_folder, monkeypatch):
     """Environment variables pointing easel at a fresh data folder and the shared cache."""
     env = dict(os.environ)
-    env.update({"EASEL_DATA_DIR": str(tmp_path / "data"), "EASEL_CACHE_FOLDER": str(cache_folder), "EASEL_CONFIG": os.devnull})
+    env.update(
+        {
+            "EASEL_DATA_DIR": str(tmp_path / "data"),
+            "EASEL_CACHE_FOLDER": str(cache_folder),
+            "EASEL_CONFIG": os.devnull,
+        }
+    )
     for key, value in env.items():
         if key.startswith("EASEL_"):
             monkeypatch.setenv(key, value)
@@ -33,7 +39,9 @@ def cli_env(tmp_path, cache_folder, monkeypatch):
 
 
 def run_easel(args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([EASEL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [EASEL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -42,7 +50,18 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def test_generate_is_deterministic_across_processes(cli_env, tmp_path):
-    args = ["generate", "a lighthouse at dawn", "--seed", "42", "--steps", "3", "--width", "64", "--height", "64"]
+    args = [
+        "generate",
+        "a lighthouse at dawn",
+        "--seed",
+        "42",
+        "--steps",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ]
     first = run_easel([*args, "--out", str(tmp_path / "a.png")], cli_env, tmp_path)
     assert first.returncode == 0, first.stderr
     assert "seed 42" in first.stderr
@@ -59,9 +78,23 @@ def test_generate_is_deterministic_across_processes(cli_env, tmp_path):
 def test_run_comfyui_default_workflow_with_events(cli_env, tmp_path):
     workflow = FIXTURES / "comfyui_default_api.json"
     result = run_easel(
-        ["run", str(workflow), str(workflow), "--set", "4.ckpt_name=tiny-random", "--set", "5.width=64",
-         "--set", "5.height=64", "--set", "3.steps=3", "--events", "jsonl"],
-        cli_env, tmp_path,
+        [
+            "run",
+            str(workflow),
+            str(workflow),
+            "--set",
+            "4.ckpt_name=tiny-random",
+            "--set",
+            "5.width=64",
+            "--set",
+            "5.height=64",
+            "--set",
+            "3.steps=3",
+            "--events",
+            "jsonl",
+        ],
+        cli_env,
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -90,7 +123,9 @@ def test_run_reports_every_problem_and_exits_2(cli_env, tmp_path):
     assert "value_not_in_list" in out and "euler_magic" in out
     assert "invalid_input_type" in out and "'many'" in out
     assert "required_input_missing" in out and "node 6" in out
-    assert "v1-5-pruned-emaonly.safetensors" in out  # the unknown checkpoint, reported in the same run
+    assert (
+        "v1-5-pruned-emaonly.safetensors" in out
+    )  # the unknown checkpoint, reported in the same run
 
 
 @pytest.mark.parametrize(
@@ -112,15 +147,21 @@ def test_run_malformed_files(cli_env, tmp_path, content, expected):
 def test_run_missing_file_and_bad_override(cli_env, tmp_path):
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "nope.json")])
     assert result.exit_code == 2 and "not found" in result.output
-    result = CliRunner().invoke(cli, ["run", str(FIXTURES / "comfyui_default_api.json"), "--set", "99.seed=1"])
+    result = CliRunner().invoke(
+        cli, ["run", str(FIXTURES / "comfyui_default_api.json"), "--set", "99.seed=1"]
+    )
     assert result.exit_code == 2 and "no node '99'" in result.output
-    result = CliRunner().invoke(cli, ["run", str(FIXTURES / "comfyui_default_api.json"), "--set", "garbage"])
+    result = CliRunner().invoke(
+        cli, ["run", str(FIXTURES / "comfyui_default_api.json"), "--set", "garbage"]
+    )
     assert result.exit_code == 2 and "NODE.INPUT=VALUE" in result.output
 
 
 def test_generate_refuses_sizes_over_the_configured_limit(cli_env, tmp_path, monkeypatch):
     monkeypatch.setenv("EASEL_MAX_WIDTH", "128")
-    result = CliRunner().invoke(cli, ["generate", "x", "--width", "256", "--height", "64", "--out", str(tmp_path / "o.png")])
+    result = CliRunner().invoke(
+        cli, ["generate", "x", "--width", "256", "--height", "64", "--out", str(tmp_path / "o.png")]
+    )
     assert result.exit_code == 2
     assert "value_bigger_than_max" in result.output and "max_width" in result.output
     assert not (tmp_path / "o.png").exists()
@@ -128,7 +169,9 @@ def test_generate_refuses_sizes_over_the_configured_limit(cli_env, tmp_path, mon
 
 @pytest.mark.parametrize("name", ["model.ckpt", "weights.pt", "pytorch_model.bin"])
 def test_generate_refuses_pickle_models(cli_env, tmp_path, name):
-    result = CliRunner().invoke(cli, ["generate", "x", "--model", name, "--out", str(tmp_path / "o.png")])
+    result = CliRunner().invoke(
+        cli, ["generate", "x", "--model", name, "--out", str(tmp_path / "o.png")]
+    )
     assert result.exit_code == 2
     assert "pickle" in result.output and name in result.output
     assert not (tmp_path / "o.png").exists()
@@ -142,7 +185,21 @@ def test_generate_bad_options(cli_env, tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
     result = runner.invoke(cli, ["generate", "x", "--out", str(tmp_path / "o.gif")])
     assert result.exit_code == 2 and ".png" in result.output
-    result = runner.invoke(cli, ["generate", "x", "--lora", "nothere:0.5", "--steps", "2", "--width", "64", "--height", "64"])
+    result = runner.invoke(
+        cli,
+        [
+            "generate",
+            "x",
+            "--lora",
+            "nothere:0.5",
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ],
+    )
     assert result.exit_code == 2 and "no LoRA named 'nothere'" in result.output
 
 
@@ -153,8 +210,25 @@ def test_generate_img2img_from_a_file(cli_env, tmp_path):
         Image.new("RGB", (80, 72), colour).save(source)
         out = tmp_path / f"{colour}.jpg"
         result = CliRunner().invoke(
-            cli, ["generate", "a square", "--init-image", str(source), "--strength", "0.3", "--steps", "3",
-                  "--width", "64", "--height", "64", "--seed", "1", "--out", str(out)],
+            cli,
+            [
+                "generate",
+                "a square",
+                "--init-image",
+                str(source),
+                "--strength",
+                "0.3",
+                "--steps",
+                "3",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ],
         )
         assert result.exit_code == 0, result.output
         with Image.open(out) as im:
@@ -180,9 +254,21 @@ def test_nodes_and_models_listing(cli_env, tmp_path):
     result = runner.invoke(cli, ["nodes", "--json"])
     assert result.exit_code == 0, result.output
     described = {n["class_type"]: n for n in json.loads(result.output)}
-    for name in ("CheckpointLoaderSimple", "LoraLoader", "CLIPTextEncode", "EmptyLatentImage", "KSampler",
-                 "KSamplerAdvanced", "VAEEncode", "VAEDecode", "LoadImage", "SaveImage", "LatentUpscale",
-                 "ImageScale", "CLIPImageTextRank"):
+    for name in (
+        "CheckpointLoaderSimple",
+        "LoraLoader",
+        "CLIPTextEncode",
+        "EmptyLatentImage",
+        "KSampler",
+        "KSamplerAdvanced",
+        "VAEEncode",
+        "VAEDecode",
+        "LoadImage",
+        "SaveImage",
+        "LatentUpscale",
+        "ImageScale",
+        "CLIPImageTextRank",
+    ):
         assert name in described
     ks = described["KSampler"]["inputs"]
     assert ks["steps"]["default"] == 20 and ks["cfg"]["default"] == 8.0
@@ -204,7 +290,9 @@ def test_nodes_and_models_listing(cli_env, tmp_path):
 def test_doctor_reports_and_shows_sources(cli_env, tmp_path, monkeypatch):
     monkeypatch.setenv("EASEL_MAX_STEPS", "33")
     result = CliRunner().invoke(cli, ["doctor"])
-    assert "Python 3." in result.output and "torch" in result.output and "diffusers" in result.output
+    assert (
+        "Python 3." in result.output and "torch" in result.output and "diffusers" in result.output
+    )
     assert "max_steps = 33  [environment (EASEL_MAX_STEPS)]" in result.output
     assert "max_width = 2048  [default]" in result.output
     assert result.exit_code == 0, result.output
