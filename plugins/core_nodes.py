@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins.samplers import SAMPLERS, SCHEDULERS, check_combination
+from plugins.prompt_encoding import encode_weighted, needs_custom_encoding
 from plugins.sampling import Conditioning, latent_preview, sample
 from runner import Input, hookimpl, node
 from runner import types as T
@@ -165,11 +166,17 @@ def clip_set_last_layer(ctx: NodeContext, clip: ClipHandle, stop_at_clip_layer: 
     category="conditioning",
 )
 def clip_text_encode(ctx: NodeContext, text: str, clip: ClipHandle):
-    """Encodes a prompt with the checkpoint's text encoder(s), as diffusers' pipelines do."""
+    """Encodes a prompt with the checkpoint's text encoder(s); (word:1.2) emphasis and prompts over
+    75 tokens work as in ComfyUI, plain prompts give exactly what diffusers' pipelines give."""
     ckpt = clip.checkpoint
     clip_skip = None if clip.stop_at_layer == -1 else -clip.stop_at_layer - 1
     with ckpt.lock, torch.inference_mode():
         ckpt.activate_loras(unet=(), text_encoder=clip.loras)
+        if clip_skip is not None or needs_custom_encoding(text, ckpt.pipe.tokenizer):
+            # Emphasis weights, more than 75 tokens or clip skip (which diffusers' own
+            # encode_prompt gets wrong with transformers 5): ComfyUI's chunked, weighted encoding.
+            embeds, pooled = encode_weighted(ckpt.pipe, text, device=ckpt.device, clip_skip=clip_skip, xl=ckpt.is_xl)
+            return (Conditioning(embeds.float().cpu(), None if pooled is None else pooled.float().cpu()),)
         if ckpt.is_xl:
             embeds, _, pooled, _ = ckpt.pipe.encode_prompt(
                 prompt=text,

@@ -17,6 +17,7 @@ computes from the same latents, which the tests check pixel for pixel.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -151,6 +152,11 @@ def sample(
     do_cfg = cfg > 1.0
     cond = _repeat(positive.embeds, batch).to(device, dtype)
     uncond = _repeat(negative.embeds, batch).to(device, dtype)
+    if do_cfg and cond.shape[1] != uncond.shape[1]:
+        # Long prompts are 77-token chunks: repeat both sides to a common length, as ComfyUI does.
+        common = math.lcm(cond.shape[1], uncond.shape[1])
+        cond = cond.repeat(1, common // cond.shape[1], 1)
+        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
     embeds = torch.cat([uncond, cond]) if do_cfg else cond
     added = None
     if checkpoint.is_xl:
