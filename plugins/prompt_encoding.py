@@ -178,6 +178,7 @@ def encode_weighted(
             if index == 0 and pooled is not None:
                 pooled_out = pooled
             w = torch.tensor(weights, dtype=z.dtype, device=z.device).view(1, -1, 1)
-            parts.append((z - z_empty) * w + z_empty)
+            # Only weighted positions move (as in ComfyUI): weight 1 keeps z bit for bit.
+            parts.append(torch.where(w != 1.0, (z - z_empty) * w + z_empty, z))
         per_encoder.append(torch.cat(parts, dim=1))
     return torch.cat(per_encoder, dim=-1), pooled_out
