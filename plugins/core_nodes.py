@@ -231,11 +231,24 @@ def _run_sampler(ctx: NodeContext, model: ModelHandle, positive, negative, laten
         ctx.progress(i, total, preview)
 
     ctx.check_cancelled()
-    with ckpt.lock:
-        ckpt.activate_loras(unet=model.loras, text_encoder=())
-        out = sample(
-            ckpt, positive=positive, negative=negative, latent=samples, on_step=on_step, **kwargs
-        )
+    batch = ctx.extra.get("sampler_batch")
+    if batch is not None:  # one sampler call shared by the jobs of a batch (runner.jobs)
+        from plugins.batched_sampling import SamplerCall, sample_calls
+
+        call = SamplerCall(ctx, model, positive, negative, samples, kwargs)
+        out = batch.run(ctx.job_id, call, sample_calls)
+        ctx.check_cancelled()
+    else:
+        with ckpt.lock:
+            ckpt.activate_loras(unet=model.loras, text_encoder=())
+            out = sample(
+                ckpt,
+                positive=positive,
+                negative=negative,
+                latent=samples,
+                on_step=on_step,
+                **kwargs,
+            )
     result = dict(latent_image)
     result["samples"] = out
     return (result,)
@@ -534,6 +547,13 @@ def easel_node_types():
 )
 def repeat_latent_batch(ctx: NodeContext, samples: dict, amount: int):
     """Repeats a latent batch ``amount`` times."""
+    # Validation checks amount alone; repeating a batch (or a repeat) must stay within it too.
+    size = samples["samples"].shape[0] * amount
+    if size > ctx.env.settings.max_batch:
+        raise ValueError(
+            f"repeating a batch of {samples['samples'].shape[0]} {amount} times makes {size} images, "
+            f"more than the configured limit max_batch {ctx.env.settings.max_batch}"
+        )
     out = dict(samples)
     out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
     return (out,)

@@ -46,7 +46,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {"eta": 0.0}),
     "ddpm": ("DDPMScheduler", {}),
     "deis": ("DEISMultistepScheduler", {}),
-    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
+    # bh1's last step to sigma 0 divides by an infinite log-SNR step and gives NaN; ComfyUI
+    # stops UniPC just above 0 (0.001), diffusers' nearest option is the smallest sigma.
+    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
     "lcm": ("LCMScheduler", {}),
 }

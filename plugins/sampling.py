@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,12 +102,36 @@ def sample(
     end_step: int | None = None,
     force_full_denoise: bool = True,
     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    batch_seeds: Sequence[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Denoise ``latent`` (scaled latents, as the UNet sees them) and return the result.
 
     ``on_step(i, total, latents)`` is called after each scheduler step; it may raise to
     cancel. Call with the checkpoint's lock held and its UNet LoRAs set.
+
+    ``batch_seeds`` runs several jobs as one batch: ``(seed, count)`` per job, in batch
+    order, counts adding up to the batch. Each job then gets its own noise and its own
+    scheduler (and step generator) from its seed, exactly as if it ran alone; ``seed``
+    is ignored. Without it, the whole batch draws from ``seed``.
     """
+    if batch_seeds is not None:
+        return _sample_jobs(
+            checkpoint,
+            batch_seeds,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler_name=scheduler_name,
+            positive=positive,
+            negative=negative,
+            latent=latent,
+            denoise=denoise,
+            add_noise=add_noise,
+            start_step=start_step,
+            end_step=end_step,
+            force_full_denoise=force_full_denoise,
+            on_step=on_step,
+        )
     pipe = checkpoint.pipe
     unet = pipe.unet
     device = checkpoint.device
@@ -206,3 +230,133 @@ def _scheduler_config(config, seed: int) -> dict:
     out = dict(config)
     out["noise_sampler_seed"] = int(seed) % (2**63)
     return out
+
+
+def _schedule(
+    steps: int, denoise: float, start_step: int | None, end_step: int | None
+) -> tuple[int, int, int]:
+    """``(total, start_step, end_step)`` as :func:`sample` computes them."""
+    if start_step is None:
+        if denoise < 1.0 and steps / denoise > MAX_SCHEDULE:
+            raise ValueError(
+                f"denoise {denoise:g} with {steps} steps needs a schedule of {steps / denoise:.3g} steps, "
+                f"more than the {MAX_SCHEDULE} allowed; raise denoise or lower steps"
+            )
+        total = steps if denoise >= 1.0 else max(int(steps / denoise), steps)
+        return total, total - steps, total
+    return steps, start_step, min(end_step if end_step is not None else steps, steps)
+
+
+def _sample_jobs(
+    checkpoint,
+    batch_seeds: Sequence[tuple[int, int]],
+    *,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler_name: str,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent: torch.Tensor,
+    denoise: float,
+    add_noise: bool,
+    start_step: int | None,
+    end_step: int | None,
+    force_full_denoise: bool,
+    on_step: Callable[[int, int, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """:func:`sample` for a batch made of several jobs: the UNet runs once per step for the
+    whole batch; noise, scheduler state and step noise are per job, from each job's seed."""
+    pipe = checkpoint.pipe
+    unet = pipe.unet
+    device = checkpoint.device
+    dtype = unet.dtype
+    batch = latent.shape[0]
+    if sum(count for _, count in batch_seeds) != batch or any(
+        count < 1 for _, count in batch_seeds
+    ):
+        raise ValueError(f"batch_seeds {list(batch_seeds)} do not add up to the batch of {batch}")
+    total, start_step, end_step = _schedule(steps, denoise, start_step, end_step)
+    parts = []  # (scheduler, step kwargs, slice of the batch)
+    offset = 0
+    for seed, count in batch_seeds:
+        sched, step_kwargs = make_scheduler(
+            sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, seed)
+        )
+        sched.set_timesteps(total, device=device)
+        if "generator" in inspect.signature(sched.step).parameters:
+            step_kwargs["generator"] = torch.Generator("cpu").manual_seed((int(seed) + 1) % 2**64)
+        parts.append((sched, step_kwargs, slice(offset, offset + count), seed))
+        offset += count
+    first = parts[0][0]
+    order = getattr(first, "order", 1)
+    timesteps = first.timesteps[start_step * order : end_step * order]
+    if len(timesteps) == 0:
+        return latent.clone()
+    if start_step > 0:
+        for sched, *_ in parts:
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start_step * order)
+
+    latent = latent.to(device=device, dtype=torch.float32)
+    pieces = []
+    for sched, _, part, seed in parts:
+        lat = latent[part]
+        if not add_noise:
+            pieces.append(lat)
+            continue
+        noise = initial_noise(tuple(lat.shape), seed).to(device)
+        if start_step == 0:
+            pieces.append(noise * sched.init_noise_sigma + lat)
+        else:
+            pieces.append(sched.add_noise(lat, noise, timesteps[:1].repeat(lat.shape[0])))
+    x = torch.cat(pieces).to(dtype)
+
+    do_cfg = cfg > 1.0
+    cond = _repeat(positive.embeds, batch).to(device, dtype)
+    uncond = _repeat(negative.embeds, batch).to(device, dtype)
+    if do_cfg and cond.shape[1] != uncond.shape[1]:
+        common = math.lcm(cond.shape[1], uncond.shape[1])
+        cond = cond.repeat(1, common // cond.shape[1], 1)
+        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
+    embeds = torch.cat([uncond, cond]) if do_cfg else cond
+    added = None
+    if checkpoint.is_xl:
+        height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
+        time_ids = torch.tensor(
+            [[height, width, 0, 0, height, width]], device=device, dtype=dtype
+        ).repeat(batch, 1)
+        pooled = _repeat(positive.pooled, batch).to(device, dtype)
+        if do_cfg:
+            pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        added = {"text_embeds": pooled, "time_ids": time_ids}
+
+    n_steps = -(-len(timesteps) // order)
+    lasts: list = [None] * len(parts)
+    with torch.inference_mode():
+        for i, t in enumerate(timesteps):
+            scaled = torch.cat([sched.scale_model_input(x[part], t) for sched, _, part, _ in parts])
+            model_in = torch.cat([scaled] * 2) if do_cfg else scaled
+            noise_pred = unet(
+                model_in,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+            if do_cfg:
+                noise_uncond, noise_cond = noise_pred.chunk(2)
+                noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
+            outs = []
+            for j, (sched, step_kwargs, part, _) in enumerate(parts):
+                lasts[j] = sched.step(noise_pred[part], t, x[part], **step_kwargs, return_dict=True)
+                outs.append(lasts[j].prev_sample)
+            x = torch.cat(outs)
+            if on_step is not None and ((i + 1) % order == 0 or i + 1 == len(timesteps)):
+                on_step(n_steps if i + 1 == len(timesteps) else (i + 1) // order, n_steps, x)
+    if end_step < total and force_full_denoise and all(last is not None for last in lasts):
+        denoised = [getattr(last, "pred_original_sample", None) for last in lasts]
+        if all(d is not None for d in denoised):
+            x = torch.cat(denoised)
+    return x.to(torch.float32).cpu()

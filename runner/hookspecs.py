@@ -87,3 +87,27 @@ def easel_job_finished(
 ) -> None:
     """Called on the worker when a job ends: ``status`` is done, failed or cancelled,
     ``images`` the paths written, ``error`` a readable message for failures."""
+
+
+@hookspec(firstresult=True)
+def easel_check_prompt(prompt: str, negative: str, user_id: int | None, nsfw_allowed: bool) -> str | None:
+    """Called before a request is queued, to moderate its text.
+
+    ``prompt`` and ``negative`` are the texts as the user gave them (LoRA tags and
+    options removed); ``user_id`` is the Discord user id (None outside Discord);
+    ``nsfw_allowed`` is True in age-restricted channels. Return one sentence saying why
+    the request is refused, or None to let it pass. The first refusal wins
+    (``firstresult``).
+    """
+
+
+@hookspec(firstresult=True)
+def easel_check_output(image: Any, prompt: str, user_id: int | None, env: Environment) -> str | None:
+    """Called on the worker for each result image that will be shown outside an
+    age-restricted channel.
+
+    ``image`` is a PIL image, ``prompt`` the prompt that made it, ``env`` the
+    environment (settings, device). Return a short reason (e.g. ``"nsfw"``) when the image
+    must not be shown as is (the bot then spoilers or withholds it, as configured), or
+    None when it passes. The first reason wins (``firstresult``).
+    """

@@ -19,6 +19,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.image_nodes",
     "plugins.clip_score",
     "plugins.templates",
+    "plugins.safety",
 )
 """Built-in plugins, imported by name (as pytest's ``default_plugins``) so that
 ``runner`` never imports ``plugins`` statically."""

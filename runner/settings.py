@@ -90,6 +90,22 @@ class EngineSettings(BaseSettings):
 
     threads: int = Field(default=0, ge=0, description="CPU threads for torch; 0 = torch's default.")
 
+    plugins_dir: Path | None = Field(
+        default=None,
+        description="Drop-in plugins folder (modules or packages, like ComfyUI's custom_nodes); "
+        "defaults to DATA_DIR/plugins.",
+    )
+    plugin_packages_dir: Path | None = Field(
+        default=None,
+        description="Where plugins installed with pip live (a pip --prefix); "
+        "defaults to DATA_DIR/plugin-packages.",
+    )
+    plugin_hook_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A plugin's hook that runs longer is abandoned and the plugin disabled; 0 = no limit.",
+    )
+
     @field_validator("extra_model_dirs", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
@@ -137,3 +153,13 @@ class EngineSettings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.cache_folder or (self.data_dir / "cache")
+
+    @property
+    def plugins_root(self) -> Path:
+        """The drop-in plugins folder."""
+        return self.plugins_dir or (self.data_dir / "plugins")
+
+    @property
+    def plugin_packages_root(self) -> Path:
+        """The pip prefix that plugin installs go to."""
+        return self.plugin_packages_dir or (self.data_dir / "plugin-packages")

@@ -275,7 +275,7 @@ def validate(
 
 
 def _id_order(node_id: str) -> tuple[int, int | str]:
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+    return (0, int(node_id)) if node_id.isascii() and node_id.isdigit() else (1, node_id)
 
 
 def _ancestors(

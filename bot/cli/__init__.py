@@ -20,6 +20,24 @@ def cli(verbose: int) -> None:
 for command in (generate, run_workflows, nodes, models, doctor):
     cli.add_command(command)
 
+from bot.cli.data_commands import DATA_COMMANDS  # noqa: E402
+
+for command in DATA_COMMANDS:
+    cli.add_command(command)
+
+from bot.cli.bot_command import bot  # noqa: E402
+
+cli.add_command(bot)
+
+from bot.cli.plugin_commands import plugins  # noqa: E402
+
+cli.add_command(plugins)
+
+from bot.cli.queue_commands import QUEUE_COMMANDS  # noqa: E402
+
+for command in QUEUE_COMMANDS:
+    cli.add_command(command)
+
 
 def main() -> None:
     """Entry point of the ``easel`` console script."""

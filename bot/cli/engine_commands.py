@@ -134,6 +134,10 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 @click.option(
     "--print-workflow", is_flag=True, help="Print the workflow the template built and stop."
 )
+@click.option(
+    "--backend", type=click.Choice(["local", "ray"]), help="Run here, or on a Ray worker (default: the configured backend)."
+)
+@click.option("--ray-address", help="Ray cluster address for --backend ray (auto, HOST:6379, ray://HOST:10001).")
 @handle_errors
 def generate(
     prompt,
@@ -154,6 +158,8 @@ def generate(
     out,
     events,
     print_workflow,
+    backend,
+    ray_address,
 ):
     """Generate an image from PROMPT with a workflow template (txt2img, or img2img with --init-image)."""
     from pydantic import ValidationError
@@ -194,12 +200,20 @@ def generate(
         click.echo(json.dumps(workflow, indent=2))
         return
     click.echo(f"seed {request.seed}", err=True)
-    if events:
-        result = env.run(workflow, on_event=JsonlEvents())
+    if (backend or settings.backend) == "ray":
+        from bot.cli.queue_commands import run_on_ray
+
+        if events:
+            images = run_on_ray(settings, env, workflow, ray_address=ray_address, on_event=JsonlEvents())
+        else:
+            with ProgressDisplay() as display:
+                images = run_on_ray(settings, env, workflow, ray_address=ray_address, on_event=display)
+    elif events:
+        images = env.run(workflow, on_event=JsonlEvents()).images
     else:
         with ProgressDisplay() as display:
-            result = env.run(workflow, on_event=display)
-    paths = write_outputs(result.images, out) if out else [Path(p) for p in result.images]
+            images = env.run(workflow, on_event=display).images
+    paths = write_outputs(images, out) if out else [Path(p) for p in images]
     for path in paths:
         click.echo(str(path), err=bool(events))
     env.close()

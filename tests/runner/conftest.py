@@ -12,6 +12,8 @@ def module_env(tmp_path_factory, cache_folder):
     from runner.environment import Environment
     from runner.settings import EngineSettings
 
-    env = Environment(EngineSettings(data_dir=tmp_path_factory.mktemp("data"), cache_folder=cache_folder))
+    env = Environment(
+        EngineSettings(data_dir=tmp_path_factory.mktemp("data"), cache_folder=cache_folder)
+    )
     yield env
     env.close()

@@ -6,7 +6,6 @@ Imported by the test modules as ``runner_testlib`` (pytest puts this folder on s
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,14 @@ def write_gradient_png(path: Path, width: int = 64, height: int = 64) -> Path:
     from PIL import Image
 
     y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 127 // max(width + height - 2, 1)], -1)
+    arr = np.stack(
+        [
+            x * 255 // max(width - 1, 1),
+            y * 255 // max(height - 1, 1),
+            (x + y) * 127 // max(width + height - 2, 1),
+        ],
+        -1,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr.astype(np.uint8)).save(path)
     return path

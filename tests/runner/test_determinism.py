@@ -105,3 +105,36 @@ def test_initial_noise_is_drawn_on_the_cpu_from_the_seed():
     assert torch.equal(a, initial_noise((1, 4, 8, 8), 42))
     assert torch.equal(a, torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(42)))
     assert not torch.equal(a, initial_noise((1, 4, 8, 8), 43))
+
+
+def test_concurrent_jobs_in_one_environment_match_sequential_ones(env):
+    """Jobs from two threads share the loaded model; locks keep each job's result its own."""
+    import threading
+
+    seeds = [21, 22, 23, 24]
+    workflows = [txt2img_workflow(env, seed=s, steps=2, prompt=f"fox {s}") for s in seeds]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(indexes):
+        try:
+            for i in indexes:
+                results[i] = image_of(env.run(workflows[i]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(part,)) for part in ([0, 1], [2, 3])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    env.node_cache.clear()
+    for i, workflow in enumerate(workflows):
+        assert np.array_equal(results[i], image_of(env.run(workflow))), seeds[i]
+
+
+def test_a_workflow_with_integer_node_ids_runs(env):
+    workflow = {int(k): v for k, v in txt2img_workflow(env, steps=2).items()}
+    result = env.run(workflow)
+    assert result.executed == ["4", "6", "7", "5", "3", "8", "9"] and len(result.images) == 1

@@ -1,0 +1,164 @@
+"""The bot: a ``commands.Bot`` that receives its resources (settings, environment,
+database, job queue) through its constructor and loads its cogs in ``setup_hook``, as in
+discord.py's ``examples/advanced_startup.py``.
+
+Application commands are synced only when asked (``easel bot --sync`` or the owners'
+``@bot sync``), never on every start: Discord rate-limits command creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.actions import ResultActions
+from bot.discord.errors import friendly
+from bot.discord.generation import GenerationService
+from bot.discord.moderation import Gate
+from bot.discord.reporting import Reporter
+from bot.discord.requests import RequestBuilder
+from bot.discord.views import ResultButton
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COGS: tuple[str, ...] = (
+    "bot.discord.cogs.imagine",
+    "bot.discord.cogs.remix",
+    "bot.discord.cogs.user",
+    "bot.discord.cogs.admin",
+)
+
+
+def intents() -> discord.Intents:
+    """Default intents, without the privileged message-content intent: Discord still
+    sends the content of messages that mention the bot, which is all it reads."""
+    value = discord.Intents.default()
+    value.message_content = False
+    value.members = False
+    value.presences = False
+    return value
+
+
+class EaselBot(commands.Bot):
+    """easel's Discord client. Build it with its resources; ``start()`` it in a loop."""
+
+    def __init__(
+        self,
+        *,
+        settings,
+        env,
+        database,
+        queue,
+        sync: bool = False,
+        cogs: tuple[str, ...] = DEFAULT_COGS,
+    ):
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            help_command=None,
+            owner_ids=set(settings.owner_ids) or None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=settings.guild_ready_timeout,
+        )
+        self.settings = settings
+        self.env = env
+        self.database = database
+        self.queue = queue
+        self.sync_on_start = sync
+        self.initial_cogs = cogs
+        self.gate = Gate(settings)
+        self.generations = GenerationService(env, database, settings, queue)
+        self.requests = RequestBuilder(self)
+        self.actions = ResultActions(self)
+        self.reporter = Reporter(self)
+        self._background: set[asyncio.Task] = set()
+
+    async def setup_hook(self) -> None:
+        """Start the job queue, register the persistent buttons, load the cogs, and sync
+        commands only when asked."""
+        await self.queue.start()
+        interrupted = await self.generations.recover_interrupted()
+        if interrupted:
+            log.warning(
+                "%d job(s) from a previous run were left unfinished and marked failed", interrupted
+            )
+        self.add_dynamic_items(ResultButton)
+        self.tree.on_error = self.on_app_command_error
+        for name in self.initial_cogs:
+            await self.load_extension(name)
+        if self.sync_on_start:
+            synced = await self.sync_commands()
+            log.warning("synced %d application command(s): %s", len(synced), ", ".join(synced))
+        if self.settings.preload_model:
+            self.spawn(self._preload())
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run ``coro`` in the background, keeping a reference and logging failures."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _preload(self) -> None:
+        # Loading weights is slow and synchronous: never on the event loop.
+        try:
+            await asyncio.to_thread(self.env.models.checkpoint, self.settings.default_model)
+            log.info("model %s loaded", self.settings.default_model)
+        except Exception:
+            log.exception("could not preload the model %s", self.settings.default_model)
+
+    async def sync_commands(self) -> list[str]:
+        """Sync application commands to the configured guilds (instantly), or globally
+        when none are configured. Returns the names synced."""
+        names: list[str] = []
+        if self.settings.guild_ids:
+            for guild_id in self.settings.guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                names = [c.name for c in await self.tree.sync(guild=guild)]
+        else:
+            names = [c.name for c in await self.tree.sync()]
+        return names
+
+    async def on_ready(self) -> None:
+        log.warning(
+            "easel bot ready as %s (%s) in %d guild(s)",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+        )
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """Any command error reaches the user as one sentence; details go to the log."""
+        original = getattr(error, "original", error)
+        if isinstance(error, app_commands.CheckFailure):
+            text = "You are not allowed to use that command."
+        elif isinstance(
+            error, app_commands.TransformerError | app_commands.CommandSignatureMismatch
+        ):
+            text = "That command's options were not understood; the commands may need a sync."
+            log.warning("app command error: %s", error)
+        else:
+            text = friendly(original)
+        from bot.discord.actions import say
+
+        await say(interaction, f"⚠️ {text}")
+
+    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        """Mentions that are not commands (prompts for reply-to-image) are not errors."""
+        if isinstance(error, commands.CommandNotFound | commands.CheckFailure):
+            return
+        log.error("command %s failed", ctx.command, exc_info=error)
+
+    async def close(self) -> None:
+        """Stop the job queue, then disconnect."""
+        try:
+            await self.queue.stop()
+        finally:
+            await super().close()

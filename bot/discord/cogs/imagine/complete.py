@@ -1,0 +1,77 @@
+"""Autocomplete for ``/imagine``'s model, sampler, scheduler, LoRA and size options."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from bot.discord.requests import sampler_names, scheduler_names
+from db import loras as db_loras
+
+log = logging.getLogger(__name__)
+
+SIZES = [
+    "512x512",
+    "768x512",
+    "512x768",
+    "640x640",
+    "768x768",
+    "1024x1024",
+    "1152x896",
+    "896x1152",
+    "1216x832",
+]
+MAX_CHOICES = 25
+
+
+def matching(names: list[str], current: str) -> list[app_commands.Choice[str]]:
+    """Up to 25 choices containing ``current`` (case-insensitive), prefix matches first."""
+    needle = current.casefold()
+    hits = [n for n in names if needle in n.casefold()]
+    hits.sort(key=lambda n: (not n.casefold().startswith(needle), n))
+    return [app_commands.Choice(name=n[:100], value=n[:100]) for n in hits[:MAX_CHOICES]]
+
+
+async def complete_model(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Checkpoints the bot can load."""
+    return matching(interaction.client.env.models.checkpoint_names(), current)
+
+
+async def complete_sampler(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """ComfyUI sampler names."""
+    return matching(sampler_names(interaction.client.env), current)
+
+
+async def complete_scheduler(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """ComfyUI scheduler names."""
+    return matching(scheduler_names(interaction.client.env), current)
+
+
+async def complete_size(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Common sizes."""
+    return matching(SIZES, current)
+
+
+async def complete_lora(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The user's own LoRAs, then shared ones, then the operator's LoRA files."""
+    bot = interaction.client
+    try:
+        rows = await bot.database.read(db_loras.list_loras, interaction.user.id)
+    except Exception:
+        log.exception("LoRA autocomplete failed")
+        rows = []
+    names = [r.name for r in rows]
+    names += [n.removesuffix(".safetensors") for n in bot.env.models.lora_names()]
+    return matching(list(dict.fromkeys(names)), current)

@@ -1,0 +1,100 @@
+"""Reply to any image and mention the bot with a prompt (``@easel a watercolour --strength
+0.6``), or use the "Remix" message menu: img2img on that image.
+
+No privileged message-content intent is needed: Discord sends the content of messages
+that mention the bot, and a reply to the bot's own message mentions it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord import context
+from bot.discord.errors import friendly
+from bot.discord.reporting import MessageStatus
+
+log = logging.getLogger(__name__)
+
+
+def prompt_from_mention(content: str, bot_id: int) -> str:
+    """The message text without the bot's mention(s)."""
+    return " ".join(re.sub(rf"<@!?{bot_id}>", " ", content).split())
+
+
+class RemixCog(commands.Cog):
+    """img2img from replies and from the Remix menu."""
+
+    def __init__(self, bot):
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name="Remix", callback=self.remix)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    async def remix(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Remix this image: a prompt and a strength, then img2img."""
+        await self.bot.actions.open_remix(interaction, message)
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """A reply that mentions the bot (or answers one of its results) with a prompt."""
+        me = self.bot.user
+        if me is None or message.author.bot or message.author.id == me.id:
+            return
+        explicit = re.search(rf"<@!?{me.id}>", message.content or "") is not None
+        target = await self._target(message)
+        replying_to_me = target is not None and target.author.id == me.id
+        if not (explicit or (replying_to_me and message.content)):
+            return
+        if target is None:
+            if message.attachments:
+                target = message  # "@easel make it snowy" with the image attached
+            else:
+                return
+        text = prompt_from_mention(message.content or "", me.id)
+        if (await self.bot.get_context(message)).valid:
+            return  # an owner command such as "@easel sync"
+        try:
+            status = await message.reply("⏳ Working on it…", mention_author=False)
+        except discord.HTTPException as exc:
+            log.info("cannot reply in channel %s: %s", message.channel.id, exc)
+            return
+        try:
+            submission = await self.bot.requests.img2img(
+                message.author, message.guild.id if message.guild else None, target, text
+            )
+        except Exception as exc:
+            await MessageStatus(status).close(f"⚠️ {friendly(exc)}")
+            return
+        dest = context.destination(
+            message.author,
+            message.channel,
+            message.channel.id,
+            message.guild.id if message.guild else None,
+        )
+        limit = message.guild.filesize_limit if message.guild else 10 * 1024 * 1024
+        await self.bot.reporter.run(
+            submission,
+            dest,
+            MessageStatus(status, self.bot.settings.progress_interval_s),
+            upload_limit=limit,
+        )
+
+    async def _target(self, message: discord.Message) -> discord.Message | None:
+        ref = message.reference
+        if ref is None or ref.message_id is None:
+            return None
+        if isinstance(ref.resolved, discord.Message):
+            return ref.resolved
+        try:
+            return await message.channel.fetch_message(ref.message_id)
+        except discord.HTTPException:
+            return None

@@ -1,0 +1,64 @@
+"""Turning any error into one short sentence for the user; details go to the log."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("bot.discord")
+
+GENERIC = "Something went wrong on my side; the details are in the bot's log."
+
+
+def sentence(text: str, limit: int = 300) -> str:
+    """One line, capitalised, ending with a full stop, at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    if not text:
+        return GENERIC
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?…" else text + "."
+
+
+def friendly(exc: BaseException) -> str:
+    """The sentence a user sees for ``exc``. Unexpected errors are logged with their
+    traceback and shown as a generic sentence."""
+    from bot.discord.moderation import Refused
+    from bot.discord.parsing import ParseError
+    from db.errors import DbError, NotFound
+    from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
+    from runner.images import BadImage
+
+    if isinstance(exc, ParseError | Refused):
+        return sentence(str(exc))
+    if isinstance(exc, NotFound):
+        if exc.kind == "generation":
+            return f"There is no result #{exc.value} that you can change."
+        return sentence(f"No {exc.kind} named {exc.value!r} was found")
+    if isinstance(exc, DbError):
+        return sentence(str(exc))
+    if isinstance(exc, BadImage):
+        return sentence(str(exc))
+    if isinstance(exc, JobCancelled):
+        return "The job was cancelled."
+    if isinstance(exc, WorkflowInvalid):
+        first = exc.issues[0] if exc.issues else exc
+        return sentence(f"That request cannot run: {first}")
+    if isinstance(exc, NodeExecutionError):
+        return sentence(f"The generation failed: {exc.message}")
+    if isinstance(exc, EaselError):
+        return sentence(str(exc))
+    try:
+        from bot.services.errors import ServiceError
+
+        if isinstance(exc, ServiceError):
+            return sentence(str(exc))
+    except ImportError:  # pragma: no cover - the services package is optional here
+        pass
+    import discord
+
+    if isinstance(exc, discord.Forbidden):
+        log.warning("Discord refused an action: %s", exc)
+        return "I don't have permission to do that in this channel."
+    log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+    return GENERIC

@@ -1,0 +1,79 @@
+"""Images on disk: uploads checked and stored as init images, results stored by content
+hash under the data folder. Names never come from users."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.images import BadImage, open_image, sha256_bytes, write_atomic
+
+IMAGES_FOLDER = "images"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A result image stored under ``DATA_DIR/images/<sha256>.png``."""
+
+    path: str  # relative to the data folder
+    sha256: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+def store_input_image(settings, data: bytes, *, label: str = "image") -> str:
+    """Check an uploaded image (type, size, pixels, content) and save it as PNG in the
+    input folder under its hash; returns the name LoadImage takes. Raises BadImage."""
+    image = open_image(data, max_bytes=int(settings.max_upload_mb * 1024 * 1024), name=label)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    png = buf.getvalue()
+    name = f"{sha256_bytes(png)[:24]}.png"
+    target = settings.input_dir / name
+    if not target.exists():
+        write_atomic(target, png)
+    return name
+
+
+def input_from_output(settings, stored_path: str) -> str:
+    """Make a stored result image usable as an init image (variations, upscale)."""
+    source = output_path(settings, stored_path)
+    return store_input_image(settings, source.read_bytes(), label="result image")
+
+
+def store_output(settings, written: str | Path) -> StoredImage:
+    """Move an image the runner wrote into ``images/<sha256>.png`` (once per content)."""
+    from PIL import Image
+
+    source = Path(written)
+    data = source.read_bytes()
+    sha = sha256_bytes(data)
+    rel = f"{IMAGES_FOLDER}/{sha}.png"
+    target = settings.data_dir / rel
+    if not target.exists():
+        write_atomic(target, data)
+    if source.resolve() != target.resolve():
+        source.unlink(missing_ok=True)
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+    return StoredImage(rel, sha, width, height, len(data))
+
+
+def output_path(settings, stored_path: str) -> Path:
+    """The file of a stored image path; paths never leave the data folder."""
+    base = settings.data_dir.resolve()
+    path = (base / stored_path).resolve()
+    if base not in path.parents:
+        raise BadImage(f"stored image path {stored_path!r} points outside the data folder")
+    return path
+
+
+def remove_stored(settings, stored_path: str) -> None:
+    """Delete a stored file that nothing references any more."""
+    try:
+        os.unlink(output_path(settings, stored_path))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,223 @@
+"""Building submissions from what people send: ``/imagine`` options, a reply to an image,
+the Remix menu, and the result buttons. Policy checks happen here, once, for all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import discord
+
+from bot.discord import context
+from bot.discord.files import store_input_image
+from bot.discord.generation import Destination, Submission, base_size, request_from_generation
+from bot.discord.moderation import Refused
+from bot.discord.parsing import ImagineRequest, Limits, build_request, size_for_aspect
+from runner.images import sha256_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+def sampler_names(env) -> list[str]:
+    """The KSampler's sampler names."""
+    return _choices(env, "sampler_name")
+
+
+def scheduler_names(env) -> list[str]:
+    """The KSampler's scheduler names."""
+    return _choices(env, "scheduler")
+
+
+def _choices(env, input_name: str) -> list[str]:
+    node = env.node_types.get("KSampler")
+    if node is None:
+        return []
+    for item in node.inputs:
+        if item.name == input_name:
+            choices = item.choices(env) if callable(item.choices) else item.choices
+            return list(choices or [])
+    return []
+
+
+def image_attachment(message: discord.Message) -> discord.Attachment | None:
+    """The first image attached to a message, if any."""
+    for attachment in message.attachments:
+        kind = (attachment.content_type or "").split(";")[0]
+        if kind.startswith("image/") or attachment.filename.lower().endswith(IMAGE_SUFFIXES):
+            return attachment
+    return None
+
+
+class RequestBuilder:
+    """Turns Discord input into :class:`Submission` objects for one bot."""
+
+    def __init__(self, bot):
+        self.bot = bot
+
+    @property
+    def settings(self):
+        return self.bot.settings
+
+    def admit(self, user: discord.abc.User, guild_id: int | None) -> Limits:
+        """Ban list, DMs and cooldown; returns the user's limits. Raises :class:`Refused`."""
+        who = context.requester(self.bot, user, guild_id)
+        gate = self.bot.gate
+        gate.check_user(who)
+        gate.check_cooldown(who)
+        return gate.limits(who)
+
+    def parse(
+        self, text: str, options: dict[str, Any], defaults, limits: Limits, **kwargs: Any
+    ) -> ImagineRequest:
+        """:func:`build_request` with this bot's models, samplers and schedulers."""
+        env = self.bot.env
+        request = build_request(
+            text,
+            options=options,
+            defaults=defaults,
+            limits=limits,
+            base_size=lambda model: base_size(env, model),
+            samplers=sampler_names(env) or None,
+            schedulers=scheduler_names(env) or None,
+            models=env.models.checkpoint_names(),
+            **kwargs,
+        )
+        self.bot.gate.check_prompt(request.prompt, request.negative)
+        return request
+
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        options: dict[str, Any],
+        image: discord.Attachment | None = None,
+    ) -> tuple[Submission, Destination]:
+        """``/imagine``: prompt and options (and an optional init image)."""
+        limits = self.admit(interaction.user, interaction.guild_id)
+        defaults = await context.user_defaults(self.bot, interaction.user)
+        init_image = None
+        if image is not None:
+            data = await self.read_attachment(image)
+            init_image, size = await asyncio.to_thread(self._store, data)
+            defaults = self._fit_defaults(defaults, size)
+        request = self.parse(prompt, options, defaults, limits)
+        return Submission(
+            request, init_image=init_image, kind="img2img" if init_image else "imagine"
+        ), context.interaction_destination(interaction)
+
+    async def img2img(
+        self,
+        user: discord.abc.User,
+        guild_id: int | None,
+        target: discord.Message,
+        text: str,
+        options: dict[str, Any] | None = None,
+    ) -> Submission:
+        """Reply-to-image and Remix: img2img on ``target``'s image. When the image is a bot
+        result, its model, size and LoRAs carry over unless the text overrides them."""
+        limits = self.admit(user, guild_id)
+        attachment = image_attachment(target)
+        if attachment is None:
+            raise Refused(
+                "That message has no image I can use; reply to a message with an image attached."
+            )
+        data = await self.read_attachment(attachment)
+        parent = None
+        if self.bot.user is not None and target.author.id == self.bot.user.id:
+            parent = await self.bot.generations.find_by_message(target.id)
+        if parent is None:
+            parent = await self.bot.generations.find_by_image_hash(sha256_bytes(data))
+        defaults = await context.user_defaults(self.bot, user)
+        init_image, size = await asyncio.to_thread(self._store, data)
+        if parent is not None:
+            carried = request_from_generation(parent)
+            defaults = dataclasses.replace(
+                defaults, model=carried.model, width=carried.width, height=carried.height
+            )
+        else:
+            defaults = self._fit_defaults(defaults, size)
+        request = self.parse(
+            text, options or {}, defaults, limits, allow_empty_prompt=parent is not None
+        )
+        if parent is not None:
+            if not request.prompt:
+                request = request.replace(prompt=parent.prompt)
+            if not request.loras:
+                request = request.replace(loras=request_from_generation(parent).loras)
+        elif not request.prompt:
+            raise Refused("Add a prompt after the mention to say what to make of the image.")
+        return Submission(
+            request, init_image=init_image, parent_id=parent.id if parent else None, kind="remix"
+        )
+
+    async def from_result(
+        self,
+        interaction: discord.Interaction,
+        action: str,
+        generation,
+        index: int = 0,
+        **changes: Any,
+    ) -> Submission:
+        """Reroll (new seed), variation (img2img of one image, low strength), upscale (a
+        hires img2img pass) or reuse-seed (``changes`` hold the new prompt)."""
+        limits = self.admit(interaction.user, interaction.guild_id)
+        base = request_from_generation(generation)
+        settings = self.settings
+        if action in ("reroll", "rerun"):
+            seed = None if action == "reroll" else base.seed
+            return Submission(
+                base.replace(seed=seed),
+                generation.parameters.get("init_image"),
+                generation.id,
+                action,
+            )
+        if action == "seed":
+            request = base.replace(**changes)
+            self.bot.gate.check_prompt(request.prompt, request.negative)
+            return Submission(
+                request, generation.parameters.get("init_image"), generation.id, "reuse-seed"
+            )
+        init_image = await asyncio.to_thread(
+            self.bot.generations.init_image_from, generation, index
+        )
+        if action == "var":
+            request = base.replace(seed=None, count=1, strength=settings.variation_strength)
+            return Submission(request, init_image, generation.id, "variation")
+        width = int(base.width * settings.upscale_factor) // 8 * 8
+        height = int(base.height * settings.upscale_factor) // 8 * 8
+        if width > limits.max_width or height > limits.max_height:
+            raise Refused(
+                f"Upscaling to {width}×{height} is larger than your limit of {limits.max_width}×{limits.max_height}."
+            )
+        request = base.replace(
+            count=1, width=width, height=height, strength=settings.upscale_strength
+        )
+        return Submission(request, init_image, generation.id, "upscale")
+
+    # -- helpers ---------------------------------------------------------------------
+    async def read_attachment(self, attachment: discord.Attachment) -> bytes:
+        """The attachment's bytes, refusing files over the upload limit before reading."""
+        limit = int(self.settings.max_upload_mb * 1024 * 1024)
+        if attachment.size > limit:
+            raise Refused(
+                f"{attachment.filename} is {attachment.size / 1e6:.1f} MB, more than the "
+                f"{limit / 1e6:.1f} MB allowed."
+            )
+        return await attachment.read()
+
+    def _store(self, data: bytes) -> tuple[str, tuple[int, int]]:
+        from PIL import Image
+
+        name = store_input_image(self.settings, data)
+        with Image.open(self.settings.input_dir / name) as im:
+            return name, im.size
+
+    def _fit_defaults(self, defaults, size: tuple[int, int]):
+        """Default to the init image's aspect ratio within the default pixel budget."""
+        w, h = defaults.width, defaults.height
+        if not (w and h):
+            w, h = base_size(self.bot.env, defaults.model)
+        ratio = min(4.0, max(0.25, size[0] / max(1, size[1])))
+        width, height = size_for_aspect(ratio, w * h)
+        return dataclasses.replace(defaults, width=width, height=height)

@@ -1,0 +1,112 @@
+"""One sampler call for several jobs (``runner.jobs`` batching).
+
+Each job of a batch runs its own workflow; its KSampler hands a :class:`SamplerCall` to
+the batch's meeting point (:class:`runner.jobs.batching.SamplerBatch`), and
+:func:`sample_calls` runs the calls that can share a denoising loop as one: latents and
+prompt embeddings concatenated, the UNet run once per step for all of them, noise and
+scheduler state per job from each job's seed (``sample(..., batch_seeds=...)``). Each
+job gets the latents it would have got alone, up to the last bits of floating point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from plugins.sampling import Conditioning, latent_preview, sample
+from runner import events as ev
+from runner.context import NodeContext
+from runner.errors import JobCancelled
+
+
+@dataclass
+class SamplerCall:
+    """What one job's sampler node would have sampled alone."""
+
+    ctx: NodeContext
+    model: Any
+    """The job's MODEL handle (checkpoint and UNet LoRAs)."""
+    positive: Conditioning
+    negative: Conditioning
+    samples: torch.Tensor
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """``sample``'s keyword arguments: seed, steps, cfg, sampler_name, scheduler_name..."""
+
+
+def _shape(c: Conditioning) -> tuple:
+    return (tuple(c.embeds.shape[1:]), None if c.pooled is None else tuple(c.pooled.shape[1:]))
+
+
+def _group_key(call: SamplerCall) -> tuple:
+    rest = tuple(sorted((k, repr(v)) for k, v in call.kwargs.items() if k != "seed"))
+    return (
+        id(call.model.checkpoint),
+        call.model.loras,
+        rest,
+        tuple(call.samples.shape[1:]),
+        _shape(call.positive),
+        _shape(call.negative),
+    )
+
+
+def _cat(conds: list[Conditioning], counts: list[int]) -> Conditioning:
+    def rows(t: torch.Tensor, n: int) -> torch.Tensor:
+        return t if t.shape[0] == n else t[:1].repeat(n, *([1] * (t.dim() - 1)))
+
+    embeds = torch.cat([rows(c.embeds, n) for c, n in zip(conds, counts, strict=True)])
+    pooled = None
+    if conds[0].pooled is not None:
+        pooled = torch.cat([rows(c.pooled, n) for c, n in zip(conds, counts, strict=True)])
+    return Conditioning(embeds, pooled)
+
+
+def sample_calls(items: list[tuple[str, SamplerCall]]) -> list[torch.Tensor]:
+    """Sample every call, sharing one denoising loop between compatible ones (same
+    checkpoint, LoRAs, size and sampler options); returns each call's latents in order."""
+    results: list[torch.Tensor | None] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for index, (_, call) in enumerate(items):
+        groups.setdefault(_group_key(call), []).append(index)
+    for indices in groups.values():
+        calls = [items[i][1] for i in indices]
+        for i, latents in zip(indices, _sample_group(calls), strict=True):
+            results[i] = latents
+    return results  # type: ignore[return-value]
+
+
+def _sample_group(calls: list[SamplerCall]) -> list[torch.Tensor]:
+    first = calls[0]
+    ckpt = first.model.checkpoint
+    counts = [c.samples.shape[0] for c in calls]
+    bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+
+    def on_step(i: int, total: int, latents: torch.Tensor) -> None:
+        for call, start, end in zip(calls, bounds, bounds[1:], strict=False):
+            ctx = call.ctx
+            if ctx.cancel.cancelled:
+                continue
+            preview = latent_preview(latents[start:end], ckpt.family) if ctx.previews else None
+            ctx.emit(
+                ev.Progress(ctx.job_id, node_id=ctx.node_id, step=i, total=total, preview=preview)
+            )
+        # A job cancelled in a batch stops when the batch ends; the batch stops early only
+        # when every job in it is cancelled.
+        if all(call.ctx.cancel.cancelled for call in calls):
+            raise JobCancelled(f"every job of the batch was cancelled at step {i}")
+
+    kwargs = {k: v for k, v in first.kwargs.items() if k != "seed"}
+    with ckpt.lock:
+        ckpt.activate_loras(unet=first.model.loras, text_encoder=())
+        out = sample(
+            ckpt,
+            seed=first.kwargs.get("seed", 0),
+            positive=_cat([c.positive for c in calls], counts),
+            negative=_cat([c.negative for c in calls], counts),
+            latent=torch.cat([c.samples for c in calls]),
+            on_step=on_step,
+            batch_seeds=[(c.kwargs.get("seed", 0), n) for c, n in zip(calls, counts, strict=True)],
+            **kwargs,
+        )
+    return [out[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]

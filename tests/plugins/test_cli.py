@@ -1,0 +1,72 @@
+"""``easel plugins ...``: the owners' /plugin commands from the shell (click's runner, in
+process; pip still runs for real)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from plugin_testlib import EXAMPLE, PIP_OFFLINE
+
+from bot.cli import cli
+
+NAME = "easel-plugin-example"
+
+
+@pytest.fixture
+def easel(plugin_settings, monkeypatch):
+    """Run ``easel ARGS`` against the test's data folder; returns the click result."""
+    monkeypatch.setenv("EASEL_DATA_DIR", str(plugin_settings.data_dir))
+    monkeypatch.setenv("EASEL_CACHE_FOLDER", str(plugin_settings.cache_folder))
+    monkeypatch.setenv("EASEL_PLUGIN_ALLOW_URLS", "true")
+    monkeypatch.setenv("EASEL_PLUGIN_PIP_ARGS", " ".join(PIP_OFFLINE))
+
+    def run(*args, input=None):
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return run
+
+
+def test_plugins_commands(easel, database, offline_builds, monkeypatch):
+    declined = easel("plugins", "install", str(EXAMPLE), input="n\n")
+    assert declined.exit_code == 0
+    assert f"{NAME} 0.1.0" in declined.output and "nothing installed" in declined.output
+
+    installed = easel("plugins", "install", "--yes", str(EXAMPLE))
+    assert installed.exit_code == 0, installed.output
+    assert (
+        f"{NAME} 0.1.0 (distribution) enabled [Posterize, Vignette, template vignette]"
+        in installed.output
+    )
+
+    listed = json.loads(easel("plugins", "list", "--json").output)
+    by_name = {p["name"]: p for p in listed}
+    assert by_name[NAME]["status"] == "enabled" and by_name[NAME]["version"] == "0.1.0"
+    assert by_name["plugins.core_nodes"]["kind"] == "builtin"
+
+    info = json.loads(easel("plugins", "info", "easel_plugin_example", "--json").output)
+    assert info["source"] == str(EXAMPLE) and len(info["wheel_sha256"]) == 64
+
+    assert "disabled" in easel("plugins", "disable", NAME).output
+    enabled = easel("plugins", "enable", NAME)
+    assert enabled.exit_code == 0 and f"{NAME} 0.1.0 (distribution) enabled" in enabled.output
+    assert easel("plugins", "reload").exit_code == 0
+
+    removed = easel("plugins", "remove", "--yes", NAME)
+    assert removed.exit_code == 0 and "removed" in removed.output
+    assert easel("plugins", "info", NAME).exit_code == 2
+
+    audit = json.loads(easel("plugins", "audit", "--json").output)
+    assert [e["action"] for e in reversed(audit)] == [
+        "plugin.install",
+        "plugin.disable",
+        "plugin.enable",
+        "plugin.reload",
+        "plugin.remove",
+    ]
+    assert all(e["actor"] == 0 for e in audit)
+
+    monkeypatch.setenv("EASEL_PLUGIN_INSTALLS_ENABLED", "false")
+    refused = easel("plugins", "install", "--yes", str(EXAMPLE))
+    assert refused.exit_code == 2 and "switched off" in refused.output
