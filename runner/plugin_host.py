@@ -341,10 +341,12 @@ class PluginHost:
                 try:
                     yield
                 finally:
-                    self._depth -= 1
-                    outermost = self._depth == 0
-                    if outermost:
-                        self._process_pending()
+                    try:
+                        if self._depth == 1:  # failures noticed while handling these queue up
+                            self._process_pending()
+                    finally:
+                        self._depth -= 1
+                        outermost = self._depth == 0
         finally:
             if outermost:
                 self._dispatch()
@@ -362,16 +364,11 @@ class PluginHost:
     def _report(self, record: PluginRecord, reason: str) -> None:
         """A guard noticed a failure: disable the plugin now, or when the current
         operation ends."""
-        with self._lock:
+        with self._operation():
             if record.status not in (ENABLED, LOADING) or record.name in self._pending:
                 return
             log.warning("plugin %s failed: %s", record.name, reason)
             self._pending[record.name] = reason
-            outermost = self._depth == 0
-            if outermost:
-                self._process_pending()
-        if outermost:
-            self._dispatch()
 
     def _process_pending(self) -> None:
         while self._pending:
@@ -616,6 +613,7 @@ class PluginHost:
 
     def _load(self, source: PluginSource, record: PluginRecord | None) -> PluginRecord:
         record = self._record_for(source, record)
+        self._pending.pop(record.name, None)  # about the code being replaced
         record.status = LOADING
         record.error = None
         record.hooks = []

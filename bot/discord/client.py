@@ -91,8 +91,14 @@ class EaselBot(commands.Bot):
         for name in self.initial_cogs:
             await self.load_extension(name)
         if self.sync_on_start:
-            synced = await self.sync_commands()
-            log.warning("synced %d application command(s): %s", len(synced), ", ".join(synced))
+            try:
+                synced = await self.sync_commands()
+            except Exception:  # a sync failure must not stop the bot
+                log.exception(
+                    "syncing application commands failed; the bot runs with the commands Discord has"
+                )
+            else:
+                log.warning("synced %d application command(s): %s", len(synced), ", ".join(synced))
         if self.settings.preload_model:
             self.spawn(self._preload())
 

@@ -1,10 +1,9 @@
-"""Images on disk: uploads checked and stored as init images, results stored by content
-hash under the data folder. Names never come from users."""
+"""Images on disk: uploads checked and stored as init images (results are stored by the
+history service). Names never come from users."""
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,24 +43,6 @@ def input_from_output(settings, stored_path: str) -> str:
     return store_input_image(settings, source.read_bytes(), label="result image")
 
 
-def store_output(settings, written: str | Path) -> StoredImage:
-    """Move an image the runner wrote into ``images/<sha256>.png`` (once per content)."""
-    from PIL import Image
-
-    source = Path(written)
-    data = source.read_bytes()
-    sha = sha256_bytes(data)
-    rel = f"{IMAGES_FOLDER}/{sha}.png"
-    target = settings.data_dir / rel
-    if not target.exists():
-        write_atomic(target, data)
-    if source.resolve() != target.resolve():
-        source.unlink(missing_ok=True)
-    with Image.open(io.BytesIO(data)) as im:
-        width, height = im.size
-    return StoredImage(rel, sha, width, height, len(data))
-
-
 def output_path(settings, stored_path: str) -> Path:
     """The file of a stored image path; paths never leave the data folder."""
     base = settings.data_dir.resolve()
@@ -69,11 +50,3 @@ def output_path(settings, stored_path: str) -> Path:
     if base not in path.parents:
         raise BadImage(f"stored image path {stored_path!r} points outside the data folder")
     return path
-
-
-def remove_stored(settings, stored_path: str) -> None:
-    """Delete a stored file that nothing references any more."""
-    try:
-        os.unlink(output_path(settings, stored_path))
-    except FileNotFoundError:
-        pass

@@ -662,6 +662,7 @@ class FakeDiscord:
                         "application_id": str(self.app_id),
                         "version": "1",
                         "default_member_permissions": None,
+                        "description": c.get("description", ""),
                         "type": c.get("type", 1),
                     }
                     for c in body or []

@@ -89,3 +89,15 @@ def plugin_events(runtime):
     events = []
     runtime.service.add_listener(events.append)
     return events
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread for these tests: the tiny model gains nothing from more, and on a
+    busy two-core machine spinning OpenMP threads make every run many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
