@@ -399,8 +399,13 @@ def vae_decode(ctx: NodeContext, samples: dict, vae: VaeHandle):
         scale = module.config.scaling_factor
         shift = getattr(module.config, "shift_factor", None) or 0.0
         x = (latents / scale + shift).to(vae.checkpoint.device, module.dtype)
-        images = module.decode(x, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        images = module.decode(x, return_dict=False)[0].float()
+        if not torch.isfinite(images).all():
+            raise ValueError(
+                "the decoded image is not finite (NaN or infinity): the sampler diverged or fp16 overflowed; "
+                "try another sampler, fewer steps, or dtype = \"float32\""
+            )
+        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
 
     return (_vae_run(ctx, vae, (latents.shape[-2] * 8, latents.shape[-1] * 8), run),)
 

@@ -153,22 +153,6 @@ class PluginRecord:
         """Whether the plugin is registered and serving."""
         return self.status == ENABLED
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-friendly summary (for ``easel plugins list --json`` and /plugin info)."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "status": self.status,
-            "version": self.version,
-            "location": str(self.location) if self.location else None,
-            "managed": self.managed,
-            "error": self.error,
-            "entry_points": list(self.entry_points),
-            "hooks": list(self.hooks),
-            "node_types": list(self.node_types),
-            "templates": list(self.templates),
-        }
-
 
 @dataclass(frozen=True)
 class PluginEvent:
@@ -231,25 +215,6 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return True
     return type(exc).__name__ == "OutOfMemoryError"
-
-
-def call_each(
-    pm: pluggy.PluginManager, hook_name: str, **kwargs: Any
-) -> list[tuple[str, Any, BaseException | None]]:
-    """Call every implementation of ``hook_name`` one by one, in pluggy's order, and return
-    ``(plugin name, result, error)`` for each: one that raises does not stop the others."""
-    from runner.plugin_manager import plugin_name
-
-    outcomes: list[tuple[str, Any, BaseException | None]] = []
-    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
-        if impl.hookwrapper or impl.wrapper:
-            continue
-        name = plugin_name(pm, impl.plugin)
-        try:
-            outcomes.append((name, impl.function(*[kwargs[a] for a in impl.argnames]), None))
-        except Exception as exc:  # named and returned; the other plugins still run
-            outcomes.append((name, None, exc))
-    return outcomes
 
 
 class _GuardedPlugin:
@@ -969,7 +934,6 @@ __all__ = [
     "PluginRecord",
     "PluginSource",
     "UnknownPlugin",
-    "call_each",
     "describe_error",
     "discover_plugins",
     "dropin_paths",

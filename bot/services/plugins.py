@@ -478,9 +478,8 @@ class PluginService:
     def _on_host_event(self, event: PluginEvent) -> None:
         if event.action != FAILED:
             return
-        record = self.host.get(event.name) if self.host else None
         try:
-            self._ensure_row(event.name, record)
+            self._ensure_row(event.name, self._source_or_record(event.name))
             self.db.run_sync(db_plugins.set_plugin_enabled, event.name, False, error=event.reason)
         except Exception:
             log.exception("could not record that plugin %s failed", event.name)
@@ -496,7 +495,10 @@ class PluginService:
             return
         kind = getattr(record, "kind", "distribution")
         location = getattr(record, "location", None)
-        source = f"dropin:{location.name}" if kind == "dropin" and location else "environment"
+        if kind == "dropin" and location:
+            source = f"dropin:{location.name}"
+        else:  # put there by hand: with pip into the plugin packages folder, or the bot's own
+            source = "plugin-packages" if getattr(record, "managed", False) else "environment"
         self.db.run_sync(
             db_plugins.record_plugin_install,
             name,

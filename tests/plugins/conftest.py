@@ -8,7 +8,7 @@ import importlib.util
 import sys
 
 import pytest
-from plugin_testlib import OWNER, PIP_OFFLINE
+from plugin_testlib import EXAMPLE, OWNER, PIP_OFFLINE
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,19 @@ def offline_builds() -> None:
         "building plugins offline needs setuptools>=70.1 (or wheel) in the virtualenv: "
         "add it to the test extra in pyproject.toml"
     )
+
+
+@pytest.fixture
+def example(tmp_path):
+    """A copy of the example plugin's project: pip builds a local folder in place
+    (``build/``, ``*.egg-info``), which must not land in the repository or race."""
+    import shutil
+
+    target = tmp_path / "src" / EXAMPLE.name
+    shutil.copytree(
+        EXAMPLE, target, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    return target
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from plugin_testlib import EXAMPLE, PIP_OFFLINE
+from plugin_testlib import PIP_OFFLINE
 
 from bot.cli import cli
 
@@ -28,12 +28,12 @@ def easel(plugin_settings, monkeypatch):
     return run
 
 
-def test_plugins_commands(easel, database, offline_builds, monkeypatch):
-    declined = easel("plugins", "install", str(EXAMPLE), input="n\n")
+def test_plugins_commands(easel, database, offline_builds, monkeypatch, example):
+    declined = easel("plugins", "install", str(example), input="n\n")
     assert declined.exit_code == 0
     assert f"{NAME} 0.1.0" in declined.output and "nothing installed" in declined.output
 
-    installed = easel("plugins", "install", "--yes", str(EXAMPLE))
+    installed = easel("plugins", "install", "--yes", str(example))
     assert installed.exit_code == 0, installed.output
     assert (
         f"{NAME} 0.1.0 (distribution) enabled [Posterize, Vignette, template vignette]"
@@ -46,7 +46,7 @@ def test_plugins_commands(easel, database, offline_builds, monkeypatch):
     assert by_name["plugins.core_nodes"]["kind"] == "builtin"
 
     info = json.loads(easel("plugins", "info", "easel_plugin_example", "--json").output)
-    assert info["source"] == str(EXAMPLE) and len(info["wheel_sha256"]) == 64
+    assert info["source"] == str(example) and len(info["wheel_sha256"]) == 64
 
     assert "disabled" in easel("plugins", "disable", NAME).output
     enabled = easel("plugins", "enable", NAME)
@@ -68,5 +68,5 @@ def test_plugins_commands(easel, database, offline_builds, monkeypatch):
     assert all(e["actor"] == 0 for e in audit)
 
     monkeypatch.setenv("EASEL_PLUGIN_INSTALLS_ENABLED", "false")
-    refused = easel("plugins", "install", "--yes", str(EXAMPLE))
+    refused = easel("plugins", "install", "--yes", str(example))
     assert refused.exit_code == 2 and "switched off" in refused.output

@@ -11,7 +11,7 @@ import re
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from plugin_testlib import EXAMPLE, OWNER, PIP_OFFLINE, audit_actions, run_job, tiny_workflow
+from plugin_testlib import OWNER, PIP_OFFLINE, audit_actions, run_job, tiny_workflow
 
 from db import plugins as db_plugins
 from runner.errors import WorkflowInvalid
@@ -28,19 +28,19 @@ def with_vignette(workflow):
 
 
 def test_install_use_disable_enable_remove_without_restart(
-    runtime, database, plugin_events, offline_builds
+    runtime, database, plugin_events, offline_builds, example
 ):
     env, service = runtime.env, runtime.service
     assert "Vignette" not in env.node_types
 
-    plan = service.plan_install(OWNER, str(EXAMPLE))
+    plan = service.plan_install(OWNER, str(example))
     assert plan.plugin is not None
     assert (plan.plugin.name, plan.plugin.version) == (NAME, "0.1.0")
     assert [p.name for p in plan.packages] == [NAME]  # nothing else: the bot has the rest
     assert f"{NAME} 0.1.0" in plan.describe()
     assert "Vignette" not in env.node_types  # a dry run installs nothing
 
-    result = service.install(OWNER, str(EXAMPLE))
+    result = service.install(OWNER, str(example))
     assert result.plugin.status == "enabled", result.plugin.error
     assert set(result.plugin.node_types) == {"Vignette", "Posterize"}
     assert result.plugin.templates == ("vignette",)
@@ -48,7 +48,7 @@ def test_install_use_disable_enable_remove_without_restart(
     row = database.read_sync(db_plugins.get_plugin, NAME)
     assert row.enabled and row.version == "0.1.0" and row.error is None
     assert re.fullmatch(r"[0-9a-f]{64}", row.wheel_sha256)
-    assert row.source == str(EXAMPLE)
+    assert row.source == str(example)
     assert env.node_types["Vignette"].plugin == NAME
 
     # Its node in a workflow: the corners get darker, the centre stays.
@@ -94,14 +94,14 @@ def test_install_use_disable_enable_remove_without_restart(
 
 
 def test_template_from_the_generate_command(
-    runtime, database, offline_builds, tmp_path, monkeypatch, plugin_settings
+    runtime, database, offline_builds, tmp_path, monkeypatch, plugin_settings, example
 ):
     """``easel generate --template vignette`` in the same process, right after the install,
     with the command's environment built through the plugin service (as the bot's is)."""
     from bot.cli import cli, engine_commands
     from bot.services.plugins import environment_with_plugins
 
-    runtime.service.install(OWNER, str(EXAMPLE))
+    runtime.service.install(OWNER, str(example))
     for key, value in {
         "EASEL_DATA_DIR": str(plugin_settings.data_dir),
         "EASEL_CACHE_FOLDER": str(plugin_settings.cache_folder),
@@ -127,7 +127,7 @@ def test_template_from_the_generate_command(
 
 
 def test_plugins_loaded_from_entry_points_before_the_host_are_adopted(
-    runtime, database, plugin_settings, offline_builds
+    runtime, database, plugin_settings, offline_builds, example
 ):
     """An environment built the default way (entry points loaded by pluggy, unguarded, as
     ``easel generate`` does) gets its plugins put behind guards by a host, without
@@ -135,7 +135,7 @@ def test_plugins_loaded_from_entry_points_before_the_host_are_adopted(
     from bot.services.plugins import start_plugins
     from runner.environment import Environment
 
-    runtime.service.install(OWNER, str(EXAMPLE))  # its folder is on sys.path from now on
+    runtime.service.install(OWNER, str(example))  # its folder is on sys.path from now on
     runtime.service.disable(OWNER, NAME)
     env = Environment(plugin_settings)  # build_plugin_manager(entry_points=True)
     try:

@@ -124,12 +124,12 @@ def test_pip_failure_is_summarised_and_audited(service, offline_builds):
     assert entry.action == "plugin.install" and entry.details["ok"] is False
 
 
-def test_pip_is_stopped_after_its_time_limit(plugin_settings, database):
+def test_pip_is_stopped_after_its_time_limit(plugin_settings, database, example):
     service = PluginService(
         plugin_settings.model_copy(update={"plugin_pip_timeout_s": 0.05}), database
     )
     with pytest.raises(PipTimedOut, match="within 0.05 s"):
-        service.install(OWNER, str(EXAMPLE))
+        service.install(OWNER, str(example))
     assert service.audit(OWNER)[0].details["ok"] is False
 
 

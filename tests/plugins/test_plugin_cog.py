@@ -61,12 +61,12 @@ def test_plugin_commands_are_owner_only(cog):
     assert not cog.service.prefix.exists()
 
 
-def test_plugin_install_asks_first(cog, offline_builds):
-    said = run(cog, "install", FakeInteraction(OWNER, press=False), str(EXAMPLE))
+def test_plugin_install_asks_first(cog, offline_builds, example):
+    said = run(cog, "install", FakeInteraction(OWNER, press=False), str(example))
     assert "pip would install" in said[0] and "easel-plugin-example 0.1.0" in said[0]
     assert said[-1] == "Nothing was installed."
 
-    said = run(cog, "install", FakeInteraction(OWNER, press=True), str(EXAMPLE))
+    said = run(cog, "install", FakeInteraction(OWNER, press=True), str(example))
     assert said[-1].startswith("Installed and enabled **easel-plugin-example 0.1.0**")
     listed = run(cog, "list_plugins", FakeInteraction(OWNER))[-1]
     assert "🟢 easel-plugin-example 0.1.0 (distribution) enabled" in listed

@@ -138,3 +138,69 @@ def test_a_workflow_with_integer_node_ids_runs(env):
     workflow = {int(k): v for k, v in txt2img_workflow(env, steps=2).items()}
     result = env.run(workflow)
     assert result.executed == ["4", "6", "7", "5", "3", "8", "9"] and len(result.images) == 1
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler", "diffusers_class", "options"),
+    [
+        (
+            "dpmpp_2m",
+            "karras",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+        ),
+        (
+            "euler_ancestral",
+            "normal",
+            "EulerAncestralDiscreteScheduler",
+            {"timestep_spacing": "linspace"},
+        ),
+        (
+            "ddim",
+            "ddim_uniform",
+            "DDIMScheduler",
+            {"timestep_spacing": "leading", "steps_offset": 1},
+        ),
+    ],
+)
+def test_other_samplers_match_the_same_diffusers_scheduler_in_the_pipeline(
+    env, sampler, scheduler, diffusers_class, options
+):
+    """Other sampler names through the same check; an ancestral sampler's step noise comes from
+    a CPU generator seeded with seed + 1, which the pipeline is given as its generator."""
+    import diffusers
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from plugins.sampling import initial_noise
+
+    seed, steps, cfg = 77, 3, 5.0
+    workflow = txt2img_workflow(
+        env,
+        prompt="a fox",
+        negative="",
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        sampler=sampler,
+        scheduler=scheduler,
+    )
+    ours = image_of(env.run(workflow))
+
+    loaded = env.models.checkpoint("tiny-random").pipe
+    reference = StableDiffusionPipeline(**loaded.components)
+    reference.scheduler = getattr(diffusers, diffusers_class).from_config(
+        loaded.scheduler.config, **options
+    )
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference(
+        prompt="a fox",
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        latents=initial_noise((1, 4, 8, 8), seed),
+        generator=torch.Generator("cpu").manual_seed(seed + 1),
+        height=64,
+        width=64,
+        output_type="np",
+    ).images
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
