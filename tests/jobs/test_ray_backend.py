@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray", exc_type=ImportError)
 
 from PIL import Image  # noqa: E402
 
