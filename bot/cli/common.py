@@ -55,7 +55,33 @@ def make_environment(settings):
     tlogging.disable_progress_bar()
     from runner.environment import Environment
 
+    if _database_exists(settings):
+        # Plugins installed by owners (pip into the data folder, drop-ins) and their
+        # enabled/disabled state live with the database: load them as the bot does.
+        from bot.services.database import open_database
+        from bot.services.plugins import environment_with_plugins
+
+        runtime = environment_with_plugins(settings, open_database(settings))
+        runtime.env.plugin_runtime = runtime
+        return runtime.env
     return Environment(settings)
+
+
+def close_environment(env) -> None:
+    """Close an environment from :func:`make_environment` (and its plugin runtime)."""
+    runtime = getattr(env, "plugin_runtime", None)
+    if runtime is not None:
+        runtime.close()
+    else:
+        env.close()
+
+
+def _database_exists(settings) -> bool:
+    """Whether the bot's database is there (a configured URL, or the default SQLite file);
+    ``easel generate`` must not create one."""
+    if settings.database_url:
+        return True
+    return (settings.data_dir / "easel.sqlite3").is_file()
 
 
 def handle_errors(fn: Callable) -> Callable:

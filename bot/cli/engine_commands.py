@@ -11,6 +11,7 @@ import click
 from bot.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
+    close_environment,
     handle_errors,
     load_settings,
     make_environment,
@@ -216,7 +217,7 @@ def generate(
     paths = write_outputs(images, out) if out else [Path(p) for p in images]
     for path in paths:
         click.echo(str(path), err=bool(events))
-    env.close()
+    close_environment(env)
 
 
 @click.command("run")
@@ -276,7 +277,7 @@ def run_workflows(workflows, overrides, events, previews):
         click.echo(summary, err=True)
         for image in result.images:
             click.echo(image, err=bool(events))
-    env.close()
+    close_environment(env)
     if worst:
         sys.exit(worst)
 
