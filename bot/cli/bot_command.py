@@ -13,32 +13,30 @@ from bot.cli.common import make_environment
 log = logging.getLogger("bot.discord")
 
 
-def load_bot_settings():
-    """The bot's settings (file + environment), or a ClickException naming the problem."""
+def load_bot_settings(**overrides):
+    """The bot's settings (file + environment, then ``overrides``), or a ClickException
+    naming the problem."""
     from pydantic import ValidationError
 
-    from bot.discord.settings import BotSettings
+    from bot.settings import Settings
 
     try:
-        return BotSettings()
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise click.ClickException(f"configuration is invalid: {problems}") from None
 
 
-def make_queue(settings, backend: str):
-    """The job queue for ``backend``: the in-process queue (local), or the job service's
-    Ray backend when it is installed."""
-    if backend == "local":
-        from bot.discord.local_queue import LocalJobQueue
+def make_job_service(settings, env, database):
+    """The durable job service for ``settings.backend``: local workers (one per GPU, in
+    this process) or Ray workers on the cluster at ``settings.ray_address``. Its poster
+    is set by the bot."""
+    from bot.services.jobs import JobService
 
-        return LocalJobQueue(workers=1, max_per_user=settings.max_queued_per_user)
-    raise click.ClickException(
-        f"the {backend!r} backend is not available in this build of the bot yet; use --backend local"
-    )
+    return JobService.create(database, settings, env)
 
 
-async def run_bot(settings, env, queue, *, sync: bool) -> None:
+async def run_bot(settings, env, *, sync: bool) -> None:
     """Open the database (migrations applied, off the event loop), then run the bot until
     it is closed or the process gets SIGTERM/SIGINT."""
     from bot.discord.client import EaselBot
@@ -46,7 +44,8 @@ async def run_bot(settings, env, queue, *, sync: bool) -> None:
 
     database = await aopen_database(settings)
     async with database:
-        bot = EaselBot(settings=settings, env=env, database=database, queue=queue, sync=sync)
+        jobs = make_job_service(settings, env, database)
+        bot = EaselBot(settings=settings, env=env, database=database, jobs=jobs, sync=sync)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -69,30 +68,54 @@ async def run_bot(settings, env, queue, *, sync: bool) -> None:
     default=None,
     help="Where jobs run (default: the `backend` setting, else local).",
 )
-@click.option("--ray-address", default=None, help="Ray cluster address (with --backend ray).")
+@click.option(
+    "--ray-address",
+    default=None,
+    help="Ray cluster address, e.g. HOST:6379 or ray://HOST:10001 (with --backend ray; "
+    "default: the `ray_address` setting).",
+)
 def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
     """Run the Discord bot (token from DISCORD_TOKEN or the config file).
 
     Application commands are synced only with --sync or the owners' `@bot sync`, never on
-    every start (Discord limits how often commands may be created).
+    every start (Discord limits how often commands may be created). Jobs are stored in
+    the database before they are acknowledged; those left queued or running by a
+    previous run (a crash, a restart) run again at the next start, and each result is
+    posted once.
     """
     from bot.discord.config import BadDiscordUrl, apply_discord_urls
+    from runner.jobs.errors import BackendError
 
-    settings = load_bot_settings()
+    settings = load_bot_settings(backend=backend, ray_address=ray_address)
     if not settings.discord_token:
         raise click.ClickException(
             "no Discord token: set DISCORD_TOKEN or discord_token in the config file"
         )
+    if settings.backend == "ray":
+        from runner.jobs.ray_backend import import_ray
+
+        try:
+            import_ray()
+        except BackendError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         urls = apply_discord_urls(settings.discord_api_base, settings.discord_gateway_url)
     except BadDiscordUrl as exc:
         raise click.ClickException(str(exc)) from None
     log.info("Discord REST %s, gateway %s", urls.api_base, urls.gateway)
-    queue = make_queue(settings, backend or getattr(settings, "backend", None) or "local")
+    log.info(
+        "jobs run on the %s backend%s",
+        settings.backend,
+        f" (Ray at {settings.ray_address or 'a local cluster'})"
+        if settings.backend == "ray"
+        else "",
+    )
     env = make_environment(settings)
     try:
-        asyncio.run(run_bot(settings, env, queue, sync=sync))
+        asyncio.run(run_bot(settings, env, sync=sync))
     except KeyboardInterrupt:
         pass
+    except BackendError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         env.close()

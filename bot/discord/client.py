@@ -1,6 +1,11 @@
 """The bot: a ``commands.Bot`` that receives its resources (settings, environment,
-database, job queue) through its constructor and loads its cogs in ``setup_hook``, as in
-discord.py's ``examples/advanced_startup.py``.
+database, job service) through its constructor and loads its cogs in ``setup_hook``, as
+in discord.py's ``examples/advanced_startup.py``.
+
+Every generation is a job of the durable job service (:mod:`bot.services.jobs`), whose
+poster is the bot's :meth:`~bot.discord.reporting.Reporter.post_result`: at start the
+service queues again what a previous process left queued or running and posts the
+results it never posted; each result is posted once.
 
 Application commands are synced only when asked (``easel bot --sync`` or the owners'
 ``@bot sync``), never on every start: Discord rate-limits command creation.
@@ -52,7 +57,7 @@ class EaselBot(commands.Bot):
         settings,
         env,
         database,
-        queue,
+        jobs=None,
         sync: bool = False,
         cogs: tuple[str, ...] = DEFAULT_COGS,
     ):
@@ -67,25 +72,40 @@ class EaselBot(commands.Bot):
         self.settings = settings
         self.env = env
         self.database = database
-        self.queue = queue
         self.sync_on_start = sync
         self.initial_cogs = cogs
         self.gate = Gate(settings)
-        self.generations = GenerationService(env, database, settings, queue)
+        self.reporter = Reporter(self)
+        if jobs is None:
+            from bot.services.jobs import JobService
+
+            jobs = JobService.create(database, settings, env)
+        if jobs.poster is None:
+            jobs.poster = self.reporter.post_result
+        self.jobs = jobs
+        self.generations = GenerationService(env, database, settings, jobs)
         self.requests = RequestBuilder(self)
         self.actions = ResultActions(self)
-        self.reporter = Reporter(self)
         self._background: set[asyncio.Task] = set()
+        self._jobs_started = False
+        self._jobs_stopped = False
 
     async def setup_hook(self) -> None:
-        """Start the job queue, register the persistent buttons, load the cogs, and sync
-        commands only when asked."""
-        await self.queue.start()
-        interrupted = await self.generations.recover_interrupted()
-        if interrupted:
+        """Start the job service (recovering what a previous run left: jobs queued or
+        running run again, results never posted are posted), register the persistent
+        buttons, load the cogs, and sync commands only when asked."""
+        report = await self.jobs.astart()
+        self._jobs_started = True
+        if report.requeued or report.resumed or report.reposted:
             log.warning(
-                "%d job(s) from a previous run were left unfinished and marked failed", interrupted
+                "recovered from the previous run: %d job(s) queued again (%d interrupted "
+                "while running), %d result(s) to post",
+                len(report.resumed),
+                len(report.requeued),
+                len(report.reposted),
             )
+        if report.paused:
+            log.warning("the queue is paused (an owner paused it): /queue resume starts it")
         self.add_dynamic_items(ResultButton)
         self.tree.on_error = self.on_app_command_error
         for name in self.initial_cogs:
@@ -99,7 +119,7 @@ class EaselBot(commands.Bot):
                 )
             else:
                 log.warning("synced %d application command(s): %s", len(synced), ", ".join(synced))
-        if self.settings.preload_model:
+        if self.settings.preload_model and self.settings.backend == "local":
             self.spawn(self._preload())
 
     def spawn(self, coro) -> asyncio.Task:
@@ -163,8 +183,12 @@ class EaselBot(commands.Bot):
         log.error("command %s failed", ctx.command, exc_info=error)
 
     async def close(self) -> None:
-        """Stop the job queue, then disconnect."""
+        """Stop the job service (a running job gets a few seconds to finish and be
+        posted; waiting jobs stay queued in the database for the next start), then
+        disconnect."""
         try:
-            await self.queue.stop()
+            if self._jobs_started and not self._jobs_stopped:
+                self._jobs_stopped = True
+                await self.jobs.astop(timeout=self.settings.shutdown_timeout_s)
         finally:
             await super().close()

@@ -61,6 +61,7 @@ def destination(
         guild_id=guild_id,
         display_name=getattr(user, "display_name", None) or user.name,
         nsfw_allowed=is_nsfw_channel(channel),
+        role_ids=role_ids(user) if guild_id is not None else (),
     )
 
 

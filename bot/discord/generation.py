@@ -1,34 +1,27 @@
-"""The bot's generation service: from a parsed request to a queued job, and from a
-finished job to stored, recorded, checked images.
+"""The bot's generation service: from a parsed request to a stored, queued job of the
+durable job service (:mod:`bot.services.jobs`), and the checks around it.
 
-It joins the user's stored data (seed policy, LoRA library) with the runner, records the
-generation and the job in the database, and hands the work to a :class:`JobQueue`
-(``bot.discord.local_queue`` until the durable job service is wired in). Nothing here
-imports discord.py: cogs call it and render what it returns.
+It joins the user's request with the job service (which records the generation and
+the job before anyone is told about it, runs it fairly, and survives a restart), the
+plugins' moderation hooks, and the generation records the result buttons work from.
+Nothing here imports discord.py: cogs call it and render what it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from bot.discord.files import StoredImage, input_from_output
-from bot.discord.local_queue import JobQueue, QueuedJob, QueueFull
+from bot.discord.files import input_from_output
 from bot.discord.moderation import Refused
 from bot.discord.parsing import ImagineRequest, LoraSpec
 from bot.services.history import History
+from bot.services.jobs import JobAlreadyFinished, JobInfo, JobNotFound
 from bot.services.storage import delete_unreferenced
 from db import generations as db_generations
 from db import jobs as db_jobs
-from db.errors import DbError
-from db.models import JobStatus
-from runner import events as ev
-from runner.context import CancelToken
-from runner.errors import JobCancelled
 from runner.templates import GenerationRequest, LoraRef
 
 log = logging.getLogger(__name__)
@@ -43,6 +36,7 @@ class Destination:
     guild_id: int | None = None
     display_name: str | None = None
     nsfw_allowed: bool = False
+    role_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,28 +51,25 @@ class Submission:
 
 @dataclass
 class Ticket:
-    """A queued job: its ids, its place in the queue, and a future for its :class:`Outcome`."""
+    """A stored, queued job: its ids, its place in the queue and the estimated wait."""
 
     job_id: int
     generation_id: int
     position: int
-    seed: int
+    seed: int | None
     submission: Submission
     destination: Destination
-    future: Any = None
+    estimated_wait_s: float | None = None
 
 
-@dataclass
-class Outcome:
-    """A finished generation: stored images, and for each a safety reason or None."""
+class _Prompt(NamedTuple):
+    prompt: str
 
-    generation_id: int
-    job_id: int
-    seed: int
-    submission: Submission
-    images: list[StoredImage]
-    flagged: list[str | None] = field(default_factory=list)
-    seconds: float = 0.0
+
+class _Prompted(NamedTuple):
+    """What :meth:`GenerationService._check_output` reads of a submission."""
+
+    request: _Prompt
 
 
 def base_size(env, model: str) -> tuple[int, int]:
@@ -87,39 +78,6 @@ def base_size(env, model: str) -> tuple[int, int]:
         if checkpoint.name == model:
             return (1024, 1024) if checkpoint.family == "sdxl" else (512, 512)
     return (1024, 1024) if "xl" in model.lower() else (512, 512)
-
-
-# -- database units of work (run on a worker thread by db.run) -------------------------
-
-
-def _create_job(session, dest: Destination, generation_id: int, parameters: dict[str, Any]) -> int:
-    job = db_jobs.create_job(
-        session,
-        dest.user_id,
-        request={**parameters, "channel_id": dest.channel_id, "guild_id": dest.guild_id},
-        generation_id=generation_id,
-    )
-    return job.id
-
-
-def _set_job(session, job_id: int, status: JobStatus, error: str | None = None) -> None:
-    db_jobs.set_job_status(session, job_id, status, error=error, worker="local")
-
-
-def _recover(session) -> int:
-    count = 0
-    message = "the bot restarted before this job finished; please run it again"
-    for job in db_jobs.list_jobs(session, statuses=db_jobs.ACTIVE_STATUSES):
-        db_jobs.set_job_status(session, job.id, JobStatus.FAILED, error=message)
-        if job.generation_id is not None:
-            try:
-                db_generations.set_generation_status(
-                    session, job.generation_id, JobStatus.FAILED, error=message
-                )
-            except DbError:  # already finished
-                log.debug("generation %s already finished", job.generation_id)
-        count += 1
-    return count
 
 
 def _delete_any(session, generation_id: int, data_dir) -> int | None:
@@ -162,21 +120,15 @@ def generation_request(submission: Submission) -> GenerationRequest:
 
 
 class GenerationService:
-    """Submits generations and records their results. One per bot."""
+    """Submits generations as jobs of ``jobs`` (a :class:`bot.services.jobs.JobService`)
+    and reads and changes past generations. One per bot."""
 
-    def __init__(self, env, database, settings, queue: JobQueue):
+    def __init__(self, env, database, settings, jobs):
         self.env = env
         self.db = database
         self.settings = settings
-        self.queue = queue
+        self.jobs = jobs
         self.history = History.for_environment(database, env)
-        self._tasks: set[asyncio.Future] = set()
-        self._reserved: dict[int, int] = {}
-
-    async def recover_interrupted(self) -> int:
-        """Mark jobs a previous process left queued or running as failed (the local queue
-        keeps no state across restarts). Returns how many."""
-        return await self.db.run(_recover)
 
     def check_prompt(self, prompt: str, negative: str, dest: Destination) -> None:
         """Plugins' prompt moderation (``easel_check_prompt``); raises :class:`Refused`."""
@@ -186,134 +138,80 @@ class GenerationService:
         if reason:
             raise Refused(str(reason))
 
-    async def submit(
-        self,
-        submission: Submission,
-        dest: Destination,
-        listener: Callable[[ev.Event], Awaitable[None]] | None = None,
-    ) -> Ticket:
-        """Record and queue a generation. Raises :class:`Refused` (queue cap, moderation)
-        or the data layer's errors (an unknown LoRA, a LoRA of another family...)."""
-        cap = self.settings.max_queued_per_user
-        pending = getattr(self.queue, "pending_for", lambda user_id: 0)
-        # Count submissions still being recorded too, so concurrent requests cannot pass the cap together.
-        if pending(dest.user_id) + self._reserved.get(dest.user_id, 0) >= cap:
-            raise Refused(f"You already have {cap} requests waiting; try again when one is done.")
-        self._reserved[dest.user_id] = self._reserved.get(dest.user_id, 0) + 1
-        try:
-            return await self._submit(submission, dest, listener, cap)
-        finally:
-            self._reserved[dest.user_id] -= 1
-            if not self._reserved[dest.user_id]:
-                del self._reserved[dest.user_id]
-
-    async def _submit(
-        self, submission: Submission, dest: Destination, listener, cap: int
-    ) -> Ticket:
+    async def submit(self, submission: Submission, dest: Destination) -> Ticket:
+        """Store and queue a generation; the job is in the database before this returns.
+        Raises :class:`Refused` (moderation), the job service's
+        :class:`~bot.services.jobs.QueueFull`, or the data layer's errors (an unknown
+        LoRA, a LoRA of another family...): nothing is stored then."""
         self.check_prompt(submission.request.prompt, submission.request.negative, dest)
-        prepared = await self.history.aprepare(
+        stored = await self.jobs.asubmit(
             dest.user_id,
             generation_request(submission),
-            parent_id=submission.parent_id,
+            roles=dest.role_ids,
             guild_id=dest.guild_id,
             channel_id=dest.channel_id,
-        )
-        job_id = await self.db.run(
-            _create_job, dest, prepared.generation_id, {"kind": submission.kind}
-        )
-
-        def run(cancel: CancelToken, emit: ev.EventHandler) -> Outcome:
-            return self._execute(prepared, job_id, submission, dest, cancel, emit)
-
-        job = QueuedJob(
-            job_id=job_id,
-            user_id=dest.user_id,
-            run=run,
-            label=submission.request.prompt[:80],
-            listener=listener,
-        )
-        try:
-            position = self.queue.submit(job)
-        except QueueFull:
-            await self.history.arecord_result(
-                prepared.generation_id, JobCancelled("the queue was full")
-            )
-            await self.db.run(_set_job, job_id, JobStatus.CANCELLED, "the queue was full")
-            raise Refused(
-                f"You already have {cap} requests waiting; try again when one is done."
-            ) from None
-        job.future.add_done_callback(
-            lambda _f: self._if_cancelled_while_queued(job, prepared.generation_id)
+            parent_id=submission.parent_id,
+            previews=bool(self.settings.previews),
         )
         return Ticket(
-            job_id, prepared.generation_id, position, prepared.seed, submission, dest, job.future
-        )
-
-    def _if_cancelled_while_queued(self, job: QueuedJob, generation_id: int) -> None:
-        # A job cancelled before it ran never reaches _execute: record it here.
-        if job.status != "cancelled":
-            return
-
-        async def record() -> None:
-            try:
-                await self.history.arecord_result(
-                    generation_id, JobCancelled("cancelled while queued")
-                )
-                await self.db.run(_set_job, job.job_id, JobStatus.CANCELLED)
-            except Exception:
-                log.exception("could not record the cancellation of job %s", job.job_id)
-
-        task = asyncio.ensure_future(record())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _execute(
-        self,
-        prepared,
-        job_id: int,
-        submission: Submission,
-        dest: Destination,
-        cancel: CancelToken,
-        emit,
-    ) -> Outcome:
-        """Run one job on a worker thread: statuses, the workflow, storing, safety."""
-        generation_id = prepared.generation_id
-        self.history.mark_running(generation_id)
-        self.db.run_sync(_set_job, job_id, JobStatus.RUNNING)
-        started = time.perf_counter()
-        try:
-            result = self.env.run(
-                prepared.workflow,
-                job_id=str(job_id),
-                on_event=emit,
-                cancel=cancel,
-                previews=self.settings.previews,
-            )
-        except Exception as exc:
-            self.history.record_result(generation_id, exc)
-            status = JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
-            self.db.run_sync(_set_job, job_id, status, str(exc)[:2000])
-            raise
-        generation = self.history.record_result(generation_id, result)
-        self.db.run_sync(_set_job, job_id, JobStatus.DONE)
-        images = [
-            StoredImage(o.path, o.sha256, o.width, o.height, o.size_bytes)
-            for o in generation.outputs
-        ]
-        flagged = [self._check_output(image, submission, dest) for image in images]
-        return Outcome(
-            generation_id,
-            job_id,
-            prepared.seed,
+            stored.job_id,
+            stored.generation_id,
+            stored.position,
+            stored.seed,
             submission,
-            images,
-            flagged,
-            time.perf_counter() - started,
+            dest,
+            stored.estimated_wait_s,
         )
 
-    def _check_output(
-        self, image: StoredImage, submission: Submission, dest: Destination
-    ) -> str | None:
+    # -- the queue ---------------------------------------------------------------------
+    async def cancel(
+        self, user_id: int, job_id: int | None = None, *, admin: bool = False
+    ) -> list[int]:
+        """Cancel one job (the user's own, or any for ``admin``), or every job of the
+        user's that waits or runs; a running job stops at its next sampling step.
+        Returns the ids cancelled. Raises :class:`~bot.services.jobs.JobNotFound` or
+        :class:`~bot.services.jobs.JobAlreadyFinished` for one named job."""
+        if job_id is not None:
+            await self.jobs.acancel(job_id, user_id, admin=admin)
+            return [job_id]
+        return await asyncio.to_thread(self._cancel_all, user_id)
+
+    def _cancel_all(self, user_id: int) -> list[int]:
+        active = self.db.read_sync(
+            db_jobs.list_jobs, statuses=db_jobs.ACTIVE_STATUSES, user_id=user_id
+        )
+        cancelled = []
+        for job in active:
+            try:
+                self.jobs.cancel(job.id, user_id)
+            except (JobNotFound, JobAlreadyFinished):
+                continue
+            cancelled.append(job.id)
+        return cancelled
+
+    async def queue(self) -> tuple[list[JobInfo], bool]:
+        """What runs and waits, in running order, and whether the queue is paused."""
+        return await asyncio.to_thread(self.jobs.queue), self.jobs.paused
+
+    def position(self, job_id: int) -> int | None:
+        """A waiting job's 1-based place (0 running, None unknown); in memory, quick."""
+        return self.jobs.runner.position(str(job_id))
+
+    def estimate_wait(self, job_id: int) -> float | None:
+        """Seconds until the job starts, from recent timings (None while unknown)."""
+        return self.jobs.estimate_wait(job_id)
+
+    # -- results -----------------------------------------------------------------------
+    def check_outputs(self, generation, dest: Destination) -> list[str | None]:
+        """The safety hook's verdict on each output of ``generation`` (blocking: call
+        it off the event loop): None to show it, else the reason."""
+        outputs = sorted(generation.outputs, key=lambda o: o.index)
+        prompted = _Prompted(_Prompt(generation.prompt))
+        return [self._check_output(o, prompted, dest) for o in outputs]
+
+    def _check_output(self, image: Any, submission: Any, dest: Destination) -> str | None:
+        """The safety hook on one stored image (``image.path`` in the data folder) of a
+        submission (``submission.request.prompt``); a failing check withholds it."""
         if dest.nsfw_allowed or self.settings.safety == "off":
             return None
         from PIL import Image
@@ -327,23 +225,6 @@ class GenerationService:
         except Exception:
             log.exception("the safety check failed on %s; withholding it", image.path)
             return "the safety check failed"
-
-    # -- after a job -----------------------------------------------------------------
-    async def claim_posting(self, job_id: int, message_id: int) -> bool:
-        """Record that a job's result was posted; False if it was posted already."""
-        return await self.db.run(db_jobs.mark_job_posted, job_id, message_id)
-
-    async def set_message(
-        self, generation_id: int, message_id: int, channel_id: int | None, guild_id: int | None
-    ) -> None:
-        """Remember which Discord message shows a generation (buttons, replies)."""
-        await self.db.run(
-            db_generations.set_generation_message,
-            generation_id,
-            message_id=message_id,
-            channel_id=channel_id,
-            guild_id=guild_id,
-        )
 
     # -- reading and changing past generations ----------------------------------------
     async def generation(
@@ -420,3 +301,12 @@ def request_from_generation(generation, **changes: Any) -> ImagineRequest:
         loras=_lora_specs(p.get("loras")),
     )
     return request.replace(**changes) if changes else request
+
+
+def result_parameters(generation) -> dict[str, Any]:
+    """The parameters a result message summarises, read back from the stored
+    generation (so a result posted after a restart reads the same)."""
+    params = request_from_generation(generation).to_parameters()
+    params["seed"] = generation.seed
+    params["init_image"] = (generation.parameters or {}).get("init_image")
+    return params

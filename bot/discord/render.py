@@ -65,11 +65,34 @@ def result_content(
     return text[:MAX_CONTENT]
 
 
-def queued_text(position: int) -> str:
-    """Status line while waiting."""
-    if position <= 1:
-        return "⏳ Queued: you are next."
-    return f"⏳ Queued: position {position}."
+def wait_text(seconds: float | None) -> str | None:
+    """``about 12 s`` / ``about 3 min`` / None when unknown."""
+    if seconds is None:
+        return None
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {round(seconds / 60)} min"
+
+
+def queued_text(
+    position: int,
+    *,
+    wait_s: float | None = None,
+    job_id: int | None = None,
+    paused: bool = False,
+) -> str:
+    """Status line while waiting: the place in the queue, the estimated wait and the
+    job's number (for ``/cancel``)."""
+    text = "⏳ Queued: you are next" if position <= 1 else f"⏳ Queued: position {position}"
+    wait = wait_text(wait_s) if position > 1 or (wait_s or 0) >= 1 else None
+    if paused:
+        text += " (the queue is paused by an owner)"
+    elif wait:
+        text += f", {wait} to wait"
+    text += "."
+    if job_id is not None:
+        text += f" Job #{job_id}."
+    return text
 
 
 def progress_text(step: int, total: int) -> str:

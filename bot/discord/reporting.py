@@ -1,26 +1,46 @@
-"""From a submission to a posted result: queue position, throttled progress, the result
-message with its buttons, and one sentence when anything fails.
+"""From a submission to a posted result, through the durable job service: queue
+position and estimated wait, throttled progress, the result message with its buttons,
+and one sentence when anything fails.
 
-The status goes wherever a :class:`Status` points (the deferred interaction response,
-or a reply message for reply-to-image); the result is always a channel message that
-mentions the user, so jobs longer than an interaction token's 15 minutes still land.
+Two paths meet here:
+
+- :meth:`Reporter.run` follows a job this process submitted: it subscribes to the job
+  service's events *before* submitting (so no event is missed), edits a :class:`Status`
+  (the deferred interaction response, or a reply message for reply-to-image) at most
+  once per ``progress_interval_s`` (:func:`runner.jobs.throttled`), and closes it with a
+  link to the result, or one sentence.
+- :meth:`Reporter.post_result` is the job service's *poster*: called once per finished
+  job, in this run or after a restart (a job that was queued or running when the process
+  died), it posts the result as a channel message that mentions the user, with Discord's
+  ``enforce_nonce`` set to the job's nonce, and returns the message id; the job service
+  then marks the job posted. A crash between posting and marking posts again at the next
+  start, and the nonce makes Discord hand back the first message instead of a second.
+
+Results are channel messages, so jobs longer than an interaction token's 15 minutes
+still land.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import discord
 
 from bot.discord import render
-from bot.discord.errors import friendly
-from bot.discord.generation import Destination, Outcome, Submission, Ticket
+from bot.discord.errors import friendly, sentence
+from bot.discord.generation import Destination, Submission, Ticket, result_parameters
 from bot.discord.views import result_view
+from bot.services.jobs import JobResult
+from db.errors import NotFound
 from runner import events as ev
+from runner.jobs import Subscription, throttled
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +54,7 @@ class Status:
         self._lock = asyncio.Lock()
         self._last = 0.0
         self._closed = False
+        self._shown: str | None = None
 
     async def _edit(self, text: str, file: discord.File | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -42,7 +63,7 @@ class Status:
         self, text: str, *, progress: bool = False, file: discord.File | None = None
     ) -> None:
         """Show ``text``; progress updates inside the interval are dropped."""
-        if self._closed:
+        if self._closed or (text == self._shown and file is None):
             return
         now = time.monotonic()
         if progress and now - self._last < self.interval:
@@ -51,6 +72,7 @@ class Status:
         async with self._lock:
             if self._closed:
                 return
+            self._shown = text
             try:
                 await self._edit(text, file)
             except discord.HTTPException as exc:  # e.g. the interaction token expired
@@ -109,35 +131,114 @@ def _preview_file(event: ev.Progress) -> discord.File | None:
     return discord.File(buf, filename="preview.jpg")
 
 
-def listener_for(status: Status):
-    """An event listener that turns queue and runner events into status updates."""
+def _preview_file(event: ev.Progress) -> discord.File | None:
+    if event.preview is None:
+        return None
+    buf = io.BytesIO()
+    event.preview.convert("RGB").save(buf, format="JPEG", quality=70)
+    buf.seek(0)
+    return discord.File(buf, filename="preview.jpg")
 
-    async def on_event(event: ev.Event) -> None:
-        if isinstance(event, ev.Queued):
-            await status.update(render.queued_text(event.position))
-        elif isinstance(event, ev.Started):
-            await status.update("🎨 Starting…")
-        elif isinstance(event, ev.Progress):
-            final = event.step >= event.total
-            await status.update(
-                render.progress_text(event.step, event.total),
-                progress=not final,
-                file=_preview_file(event),
-            )
 
-    return on_event
+OTHER_JOB_MOVES = frozenset({"queued", "started", "job_ended", "job_requeued"})
+"""Events of other jobs after which a waiting job's place may have changed."""
+SHOWN = frozenset(
+    {
+        "queued",
+        "job_requeued",
+        "started",
+        "progress",
+        "finished",
+        "failed",
+        "cancelled",
+        "job_ended",
+    }
+)
+"""A job's events that a status shows (node events are left out before throttling, so
+they never take a progress update's turn)."""
+
+
+async def job_events(
+    subscription: AsyncIterator[ev.Event],
+    job_id: int | str,
+    position: Any = None,
+) -> AsyncIterator[ev.Event]:
+    """One job's events that a status shows (:data:`SHOWN`) out of a subscription to
+    every job's, until its :class:`~runner.jobs.JobEnded`. While it waits, other jobs starting, ending or
+    arriving may move it: ``position(job_id)`` is asked then, and a new place is
+    yielded as a :class:`~runner.events.Queued` event."""
+    job_id = str(job_id)
+    last: int | None = None
+    waiting = True
+    async for event in subscription:
+        if event.job_id == job_id:
+            if event.type not in SHOWN:
+                continue
+            if event.type in ("queued", "job_requeued"):
+                waiting, last = True, event.position
+            else:
+                waiting = False
+            yield event
+            if event.type == "job_ended":
+                return
+        elif waiting and position is not None and event.type in OTHER_JOB_MOVES:
+            now = position(job_id)
+            if now is None or now == 0:
+                continue
+            if now != last:
+                last = now
+                yield ev.Queued(job_id, position=now)
+
+
+@dataclass
+class Live:
+    """A job followed by this process: where its status shows, who asked, the upload
+    limit where it is posted, and the future the poster completes with
+    ``(JobResult, posted message or None)``."""
+
+    status: Status
+    dest: Destination
+    upload_limit: int
+    posted: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def ended_text(result: JobResult, message: discord.Message | None) -> str:
+    """The status's last words for a job that ended."""
+    if result.status == "done":
+        if message is None:
+            return f"⚠️ The image was made (#{result.generation_id}) but could not be posted here."
+        return f"✅ Done: {message.jump_url}"
+    if result.status == "cancelled":
+        reason = result.error or ""
+        if reason and reason not in ("cancelled", "cancelled while waiting"):
+            return f"🛑 Cancelled: {reason}."
+        return "🛑 Cancelled."
+    return f"⚠️ {failure_sentence(result.error)}"
+
+
+def failure_sentence(error: str | None) -> str:
+    """One sentence for a failed job's error."""
+    if not error:
+        return "The generation failed; the details are in the bot's log."
+    return sentence(f"The generation failed: {error}")
 
 
 class Reporter:
-    """Runs submissions to the end for one bot: submit, report, post, record."""
+    """Sees submissions through for one bot (:meth:`run`) and posts every finished job's
+    result once (:meth:`post_result`, the job service's poster)."""
 
     def __init__(self, bot):
         self.bot = bot
+        self._live: dict[int, Live] = {}
+        self._submitting = 0
 
     @property
     def interval(self) -> float:
         return self.bot.settings.progress_interval_s
 
+    # -- following a job -----------------------------------------------------------------
     async def run(
         self,
         submission: Submission,
@@ -146,111 +247,222 @@ class Reporter:
         *,
         upload_limit: int = render.DEFAULT_UPLOAD_LIMIT,
     ) -> discord.Message | None:
-        """Queue ``submission`` and see it through; every failure ends as one sentence
-        in ``status``. Returns the posted result message."""
+        """Store and queue ``submission`` and see it through; every failure ends as one
+        sentence in ``status``. Returns the posted result message."""
+        generations = self.bot.generations
+        live = Live(status, dest, upload_limit)
+        # Subscribed before submitting: the job's first events may come before its id.
+        subscription: Subscription = self.bot.jobs.subscribe(None)
+        follower: asyncio.Task | None = None
+        self._submitting += 1
         try:
-            ticket = await self.bot.generations.submit(submission, dest, listener_for(status))
-        except Exception as exc:
-            await status.close(f"⚠️ {friendly(exc)}")
-            return None
-        await status.update(
-            render.queued_text(ticket.position) if ticket.position else "🎨 Starting…"
-        )
-        try:
-            outcome: Outcome = await ticket.future
-        except asyncio.CancelledError:
-            await status.close("🛑 Cancelled.")
-            return None
-        except Exception as exc:
-            from runner.errors import JobCancelled
-
-            if isinstance(exc, JobCancelled):
-                await status.close("🛑 Cancelled.")
-            else:
+            try:
+                ticket = await generations.submit(submission, dest)
+            except Exception as exc:
                 await status.close(f"⚠️ {friendly(exc)}")
-            return None
-        try:
-            message = await self.post(ticket, outcome, status, upload_limit=upload_limit)
-        except Exception as exc:
-            await status.close(
-                f"⚠️ The image was made (#{outcome.generation_id}) but could not be posted: {friendly(exc)}"
-            )
-            return None
-        if message is None:
-            await status.close(
-                f"⚠️ The image was made (#{outcome.generation_id}) but could not be posted here."
-            )
-            return None
-        await status.close(f"✅ Done: {message.jump_url}")
-        return message
+                return None
+            finally:
+                self._submitting -= 1
+            self._live[ticket.job_id] = live
+            await status.update(self._queued_text(ticket.job_id, ticket.position, ticket))
+            follower = asyncio.create_task(self._follow(subscription, ticket, status))
+            try:
+                result, message = await live.posted
+            except Exception as exc:
+                await self._settle(subscription, follower)
+                await status.close(
+                    f"⚠️ The image was made (#{ticket.generation_id}) but could not be posted: "
+                    f"{friendly(exc)}"
+                )
+                return None
+            await self._settle(subscription, follower)
+            # Marked posted (and the message linked to its generation) before "Done".
+            await self.bot.jobs.aflush_posts(timeout=30)
+            await status.close(ended_text(result, message))
+            return message
+        finally:
+            subscription.close()
+            if follower is not None and not follower.done():
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            for job_id, item in list(self._live.items()):
+                if item is live:
+                    del self._live[job_id]
 
-    async def post(
-        self,
-        ticket: Ticket,
-        outcome: Outcome,
-        status: Status | None = None,
-        *,
-        upload_limit: int = render.DEFAULT_UPLOAD_LIMIT,
-    ) -> discord.Message | None:
-        """Post the result as a channel message mentioning the user, with its buttons."""
+    @staticmethod
+    async def _settle(subscription: Subscription, follower: asyncio.Task) -> None:
+        """Let the follower show the events already received, then stop it."""
+        subscription.close()  # what was published so far is still read, then it ends
+        try:
+            await asyncio.wait_for(follower, 5.0)
+        except TimeoutError:
+            log.info("a status follower did not finish in time")
+        except Exception:
+            log.exception("a status follower failed")
+
+    def _queued_text(self, job_id: int, position: int, ticket: Ticket | None = None) -> str:
+        generations = self.bot.generations
+        if ticket is not None and ticket.estimated_wait_s is not None:
+            wait = ticket.estimated_wait_s
+        else:
+            wait = generations.estimate_wait(job_id)
+        return render.queued_text(
+            position, wait_s=wait, job_id=job_id, paused=bool(self.bot.jobs.paused)
+        )
+
+    async def _follow(self, subscription: Subscription, ticket: Ticket, status: Status) -> None:
+        """Show the job's place, start and progress, throttled to one edit per interval
+        (terminal events always go through; the poster's result closes the status)."""
+        source = job_events(subscription, ticket.job_id, self.bot.generations.position)
+        last: ev.Progress | None = None
+        async with contextlib.aclosing(throttled(source, self.interval)) as events:
+            async for event in events:
+                if isinstance(event, ev.Queued):
+                    await status.update(self._queued_text(ticket.job_id, event.position))
+                elif event.type == "job_requeued":
+                    await status.update(
+                        "⏳ Back in the queue (its worker stopped); it starts again soon."
+                    )
+                elif isinstance(event, ev.Started):
+                    await status.update("🎨 Starting…")
+                elif isinstance(event, ev.Progress):
+                    # Already throttled: every progress event that comes through is shown.
+                    last = event
+                    await status.update(
+                        render.progress_text(event.step, event.total), file=_preview_file(event)
+                    )
+                elif isinstance(event, ev.Finished) and last is not None:
+                    # The last steps may have been held back by the throttle: all are done.
+                    await status.update(render.progress_text(last.total, last.total))
+
+    # -- posting (the job service's poster) ---------------------------------------------
+    async def post_result(self, result: JobResult) -> int | None:
+        """Post a finished job's result (once per job: the job service marks it posted
+        with the id returned). A done job gets its images and buttons in its channel; a
+        failed or owner-cleared job that no status here follows (it ran after a restart)
+        gets a one-line notice; otherwise the status says it. Raises when Discord
+        refuses, so the job service posts it again at the next start."""
+        live = await self._live_for(result.job_id)
+        try:
+            message = await self._deliver(result, live)
+        except BaseException as exc:
+            if live is not None and not live.posted.done():
+                live.posted.set_exception(exc)
+            raise
+        if live is not None and not live.posted.done():
+            live.posted.set_result((result, message))
+        return message.id if message is not None else None
+
+    async def _live_for(self, job_id: int) -> Live | None:
+        live = self._live.get(job_id)
+        # A job can end before the run() that submitted it registered its id (a very
+        # fast failure): wait for the registration briefly while submissions are on.
+        deadline = time.monotonic() + 2.0
+        while live is None and self._submitting and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            live = self._live.get(job_id)
+        return live
+
+    def _destination(self, result: JobResult, live: Live | None) -> Destination:
+        if live is not None:
+            return live.dest
+        channel = self.bot.get_channel(result.channel_id) if result.channel_id else None
+        from bot.discord.context import is_nsfw_channel
+
+        return Destination(
+            user_id=result.user_id,
+            channel_id=result.channel_id,
+            guild_id=result.guild_id,
+            nsfw_allowed=is_nsfw_channel(channel),
+        )
+
+    def _upload_limit(self, result: JobResult, live: Live | None) -> int:
+        if live is not None:
+            return live.upload_limit
+        guild = self.bot.get_guild(result.guild_id) if result.guild_id else None
+        return guild.filesize_limit if guild is not None else render.DEFAULT_UPLOAD_LIMIT
+
+    async def _deliver(self, result: JobResult, live: Live | None) -> discord.Message | None:
+        if result.status == "done":
+            return await self._post_images(result, live)
+        if live is not None:
+            return None  # the status says how it ended
+        if result.status == "failed":
+            text = f"⚠️ {failure_sentence(result.error)}"
+        elif result.error and "cleared" in result.error:
+            text = f"🛑 Cancelled: {result.error}."
+        else:
+            return None
+        name = f"#{result.generation_id}" if result.generation_id else f"job {result.job_id}"
+        content = f"<@{result.user_id}> {render.escape(result.prompt[:100])} ({name}): {text}"
+        return await self._send(result, live, {"content": content[: render.MAX_CONTENT]})
+
+    async def _post_images(self, result: JobResult, live: Live | None) -> discord.Message | None:
         settings = self.bot.settings
-        dest = ticket.destination
+        generations = self.bot.generations
+        try:
+            generation = await generations.generation(result.generation_id)
+        except NotFound:  # deleted meanwhile: nothing to show
+            return None
+        dest = self._destination(result, live)
+        flagged = await asyncio.to_thread(generations.check_outputs, generation, dest)
+        outputs = sorted(generation.outputs, key=lambda o: o.index)
         notes: list[str] = []
         shown, spoiler = [], False
-        for image, reason in zip(
-            outcome.images, outcome.flagged or [None] * len(outcome.images), strict=False
-        ):
+        for output, reason in zip(outputs, flagged, strict=True):
             if reason and settings.safety == "refuse":
                 continue
             spoiler = spoiler or bool(reason)
-            shown.append(settings.data_dir / image.path)
-        withheld = len(outcome.images) - len(shown)
+            shown.append(settings.data_dir / output.path)
+        withheld = len(outputs) - len(shown)
         if withheld:
             notes.append(f"{withheld} image(s) withheld by the safety check.")
         elif spoiler:
             notes.append("Marked as a spoiler by the safety check.")
         prepared = await asyncio.to_thread(
-            render.fit_images, shown, upload_limit, stem=f"easel_{outcome.generation_id}"
+            render.fit_images,
+            shown,
+            self._upload_limit(result, live),
+            stem=f"easel_{generation.id}",
         )
         if prepared.note:
             notes.append(prepared.note)
-        params = {
-            **outcome.submission.request.to_parameters(),
-            "seed": outcome.seed,
-            "init_image": outcome.submission.init_image,
-        }
-        content = render.result_content(f"<@{dest.user_id}>", params, outcome.generation_id, notes)
-        kwargs = {
-            "content": content,
-            "files": render.to_discord_files(prepared, spoiler=spoiler),
-            "view": result_view(outcome.generation_id, len(prepared.files) or 1),
-            "allowed_mentions": discord.AllowedMentions(
-                users=[discord.Object(dest.user_id)], roles=False, everyone=False
-            ),
-        }
-        message: discord.Message | None = None
-        if dest.channel_id is not None:
-            channel = self.bot.get_channel(dest.channel_id) or self.bot.get_partial_messageable(
-                dest.channel_id, guild_id=dest.guild_id
+        content = render.result_content(
+            f"<@{result.user_id}>", result_parameters(generation), generation.id, notes
+        )
+
+        def kwargs() -> dict[str, Any]:
+            return {
+                "content": content,
+                "files": render.to_discord_files(prepared, spoiler=spoiler),
+                "view": result_view(generation.id, len(prepared.files) or 1),
+            }
+
+        return await self._send(result, live, kwargs)
+
+    async def _send(
+        self, result: JobResult, live: Live | None, kwargs: Any
+    ) -> discord.Message | None:
+        """A channel message mentioning the user, with the job's nonce (enforced, so a
+        repeat after a crash returns the first message); the status's fallback (an
+        interaction follow-up) when the channel refuses."""
+        make = kwargs if callable(kwargs) else (lambda: dict(kwargs))
+        mentions = discord.AllowedMentions(
+            users=[discord.Object(result.user_id)], roles=False, everyone=False
+        )
+        if result.channel_id is not None:
+            channel = self.bot.get_channel(result.channel_id) or self.bot.get_partial_messageable(
+                result.channel_id, guild_id=result.guild_id
             )
             try:
-                message = await channel.send(**kwargs)
+                return await channel.send(**make(), allowed_mentions=mentions, nonce=result.nonce)
             except discord.HTTPException as exc:
                 log.warning(
-                    "could not post result %s in channel %s: %s",
-                    outcome.generation_id,
-                    dest.channel_id,
-                    exc,
+                    "could not post job %s in channel %s: %s", result.job_id, result.channel_id, exc
                 )
-        if message is None and status is not None:
-            kwargs["files"] = render.to_discord_files(prepared, spoiler=spoiler)
-            message = await status.fallback_send(**kwargs)
-        if message is None:
-            return None
-        if not await self.bot.generations.claim_posting(outcome.job_id, message.id):
-            await message.delete()  # someone else posted it first
-            return None
-        await self.bot.generations.set_message(
-            outcome.generation_id, message.id, dest.channel_id, dest.guild_id
-        )
-        return message
+                if live is None and not isinstance(exc, discord.Forbidden | discord.NotFound):
+                    raise  # perhaps passing: posted again at the next start
+        if live is not None:
+            return await live.status.fallback_send(**make())
+        return None

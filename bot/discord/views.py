@@ -129,12 +129,16 @@ class RemixModal(discord.ui.Modal, title="Remix this image"):
 
 
 class ConfirmView(discord.ui.View):
-    """Yes / Cancel buttons for one user (``/forget-me``); ``value`` is True, False or None."""
+    """Yes / Cancel buttons for one user (``/forget-me``, ``/queue clear``); ``value`` is
+    True, False or None."""
 
-    def __init__(self, user_id: int, *, timeout: float = 120):
+    def __init__(
+        self, user_id: int, *, timeout: float = 120, label: str = "Yes, delete everything"
+    ):
         super().__init__(timeout=timeout)
         self.user_id = user_id
         self.value: bool | None = None
+        self.confirm.label = label
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.user_id

@@ -616,6 +616,21 @@ class JobService:
         self._post_pool.submit(lambda: None).result(timeout)
         return True
 
+    def flush_posts(self, timeout: float | None = None) -> bool:
+        """Block until every result handed to the poster so far is posted and marked
+        posted (False on timeout); e.g. before telling someone their result is up."""
+        try:
+            self._post_pool.submit(lambda: None).result(timeout)
+        except RuntimeError:  # stopped: nothing more is posted in this run
+            return True
+        except TimeoutError:
+            return False
+        return True
+
+    async def aflush_posts(self, timeout: float | None = None) -> bool:
+        """:meth:`flush_posts` for the event loop."""
+        return await asyncio.to_thread(functools.partial(self.flush_posts, timeout))
+
     # JobStore: called by the runner on worker threads ------------------------------------------
     def job_started(self, job: JobSpec, worker: str) -> bool:
         """Mark the job running (an attempt), unless it is no longer queued."""

@@ -6,6 +6,11 @@ GUILD_CREATE; INTERACTION_CREATE and MESSAGE_CREATE sent by the test), interacti
 callbacks, webhook edits and follow-ups, channel messages with multipart files, a CDN for
 attachments, and application command sync. Every request is recorded for assertions.
 
+Channel messages honour ``enforce_nonce`` as Discord does: a second message from the bot
+with the same nonce returns the first one instead of creating another. ``hold_posts()``
+makes the server store channel messages but not answer until ``release_posts()`` (to
+kill a bot between posting a result and recording that it did).
+
 Facts it relies on (shared/NOTES.md): JSON answers carry ``Content-Type:
 application/json`` exactly; interaction callbacks are answered ``{"interaction": ...}``;
 plain JSON text frames work on the gateway.
@@ -111,6 +116,9 @@ class FakeDiscord:
         self._ws: list[web.WebSocketResponse] = []
         self._seq = 0
         self.port = 0
+        self.nonces: dict[str, int] = {}
+        self.nonce_repeats: list[str] = []
+        self._held: asyncio.Event | None = None
 
     # -- life cycle --------------------------------------------------------------------
     @property
@@ -601,15 +609,44 @@ class FakeDiscord:
             attachments.append(self.attachment(name, data, kind))
         return attachments
 
+    def hold_posts(self) -> None:
+        """Store the bot's channel messages but answer none until :meth:`release_posts`."""
+
+        async def hold() -> None:
+            self._held = asyncio.Event()
+
+        self._call(hold())
+
+    def release_posts(self) -> None:
+        """Answer the held channel messages (and later ones at once)."""
+
+        async def release() -> None:
+            if self._held is not None:
+                self._held.set()
+            self._held = None
+
+        self._call(release())
+
+    def messages_with_nonce(self, nonce: str) -> list[dict]:
+        """Channel messages created with ``nonce``."""
+        with self._cond:
+            return [
+                m for m in self.messages.values() if (m.get("_sent") or {}).get("nonce") == nonce
+            ]
+
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
         body, files = await self._read(request)
         with self._cond:
             self.requests.append(Recorded(request.method, path, body, files, time.monotonic()))
         try:
-            return self._route(request.method, path, body or {}, files, request)
+            response = self._route(request.method, path, body or {}, files, request)
         finally:
             self._changed()
+        held = self._held
+        if held is not None and request.method == "POST" and path.endswith("/messages"):
+            await held.wait()
+        return response
 
     def _route(
         self, method: str, path: str, body: dict, files: dict[str, bytes], request: web.Request
@@ -759,6 +796,12 @@ class FakeDiscord:
         if parts[2] != "messages":
             return web.Response(status=204)
         if len(parts) == 3 and method == "POST":
+            nonce = body.get("nonce")
+            if nonce is not None and body.get("enforce_nonce"):
+                first = self.messages.get(self.nonces.get(str(nonce), 0))
+                if first is not None:  # Discord returns the first message, creates none
+                    self.nonce_repeats.append(str(nonce))
+                    return self._json(first)
             message = self.message(
                 author=self.bot_user,
                 content=body.get("content") or "",
@@ -771,6 +814,9 @@ class FakeDiscord:
                     message["message_reference"] = body["message_reference"]
                     message["referenced_message"] = ref
             message["_sent"] = body
+            if nonce is not None:
+                message["nonce"] = str(nonce)
+                self.nonces[str(nonce)] = int(message["id"])
             self.messages[int(message["id"])] = message
             return self._json(message)
         message_id = int(parts[3])

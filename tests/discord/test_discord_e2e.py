@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sqlite3
 
 import pytest
@@ -52,6 +53,17 @@ def newest_result(server, after: int = 0) -> dict:
         ),
         60,
         "a result message",
+    )
+
+
+def job_number(log) -> int:
+    """The job number a status showed with its place in the queue."""
+    return int(
+        next(
+            m[1]
+            for e in log.edits
+            if (m := re.search(r"Job #(\d+)", e.get("content") or "")) is not None
+        )
     )
 
 
@@ -103,7 +115,17 @@ def test_imagine_posts_a_png_and_records_the_generation(server, bot):
     ]
     # The status message showed the queue, progress, then a link to the result.
     texts = [e.get("content", "") for e in log.edits]
-    assert any("step 2 of 2" in t for t in texts)
+    assert any("step 2 of 2" in t for t in texts), texts
+    # Its first edit named the job, stored before it was shown; the result was posted
+    # once, with the job's nonce.
+    assert texts[0].startswith("⏳ Queued") and "Job #" in texts[0], texts
+    job = job_number(log)
+    assert rows(
+        bot.data_dir,
+        "select user_id, generation_id, status, posted, posted_message_id from jobs where id=?",
+        job,
+    ) == [(4242, gen_id, "done", 1, int(message["id"]))]
+    assert message["_sent"]["nonce"] == f"easel-job-{job}" and message["_sent"]["enforce_nonce"]
 
 
 def test_a_too_large_size_is_refused_in_one_sentence(server, bot):
@@ -184,17 +206,18 @@ def test_acknowledged_within_three_seconds_while_the_queue_is_full(server, bot):
         logs.append(
             server.slash("imagine", {"prompt": f"castle {i} --steps 40 --size 256x256"}, user=user)
         )
-    # One user beyond their cap of waiting jobs is answered politely, at once.
+    # One user beyond their cap of waiting jobs is answered politely, at once. (30 steps:
+    # not batched with the castles, so they all still wait when they are cancelled.)
     capped = server.user(8000, "busy")
     for i in range(6):
         logs.append(
-            server.slash("imagine", {"prompt": f"tower {i} --steps 40 --size 256x256"}, user=capped)
+            server.slash("imagine", {"prompt": f"tower {i} --steps 30 --size 256x256"}, user=capped)
         )
     for log in logs:
         server.wait_for(lambda log=log: log.callbacks, 5, "an acknowledgement")
         assert log.ack_seconds < 3, log.ack_seconds
     refused = server.wait_for(
-        lambda: [log for log in logs if "already have 5 requests waiting" in log.last_text],
+        lambda: [log for log in logs if "already have 5 jobs waiting" in log.last_text],
         20,
         "the cap refusal",
     )
@@ -213,9 +236,63 @@ def test_acknowledged_within_three_seconds_while_the_queue_is_full(server, bot):
         )
     cancel = server.slash("cancel", {}, user=capped)
     server.wait_for(lambda: "Cancelled 5 job(s)" in cancel.last_text, 30, "the cancellation")
+    for log in mine:
+        server.wait_for(lambda log=log: "Cancelled" in log.last_text, 30, "a cancelled status")
     server.wait_for(
         lambda: len(server.bot_messages()) >= before + 4, 120, "the other users' results"
     )
+    # Once a job had run, a waiting job's status said about how long it would wait.
+    assert any("to wait" in e.get("content", "") for log in logs for e in log.edits), [
+        log.last_text for log in logs
+    ]
+    ids = [job_number(log) for log in mine]
+    assert {r[0] for r in rows(bot.data_dir, "select status from jobs where user_id=8000")} == {
+        "cancelled"
+    } and len(ids) == 5
+
+
+def test_owners_pause_resume_and_clear_the_queue(server, bot):
+    owner = server.owner
+    refused = server.slash("queue", {"action": "pause"}, user=server.user(7777, "eve"))
+    server.wait_for(lambda: refused.edits, 20, "the refusal")
+    assert refused.last_text == "⚠️ Only the bot's owners may pause the queue."
+    paused = server.slash("queue", {"action": "pause"}, user=owner)
+    server.wait_for(lambda: "paused" in paused.last_text, 20, "the pause")
+    before = len(server.bot_messages())
+    waiting = [
+        server.slash("imagine", {"prompt": "waits while paused"}, user=server.user(7101, "ada")),
+        server.slash("imagine", {"prompt": "the owner's own"}, user=owner),
+    ]
+    for log in waiting:
+        server.wait_for(lambda log=log: "paused by an owner" in log.last_text, 20, "queued")
+    shown = server.slash("queue", {}, user=server.user(7101, "ada"))
+    server.wait_for(lambda: "job" in shown.last_text, 20, "the queue")
+    text = shown.last_text
+    assert text.startswith("⏸️ The queue is paused"), text
+    assert "waits while paused" in text and "(someone's image)" in text, text
+    clear = server.slash("queue", {"action": "clear"}, user=owner)
+    server.wait_for(lambda: "Are you sure?" in clear.last_text, 20, "the question")
+    question = next(e for e in reversed(clear.edits) if e.get("components"))
+    yes = question["components"][0]["components"][0]
+    assert yes["label"] == "Yes, clear the queue"
+    server.click(clear.original, yes["custom_id"], user=owner)
+    server.wait_for(lambda: "Cleared the queue" in clear.last_text, 20, "the clearing")
+    assert clear.last_text == "🧹 Cleared the queue: 2 waiting job(s) cancelled."
+    for log in waiting:
+        server.wait_for(lambda log=log: "Cancelled" in log.last_text, 20, "the cancellation")
+        assert log.last_text == "🛑 Cancelled: the queue was cleared by an owner."
+    resumed = server.slash("queue", {"action": "resume"}, user=owner)
+    server.wait_for(lambda: "running again" in resumed.last_text, 20, "the resumption")
+    actions = rows(
+        bot.data_dir,
+        "select action, actor_id from audit_log where action like 'queue.%' order by id",
+    )
+    assert actions == [
+        ("queue.pause", int(owner["id"])),
+        ("queue.clear", int(owner["id"])),
+        ("queue.resume", int(owner["id"])),
+    ]
+    assert len(server.bot_messages()) == before  # nothing was posted for cleared jobs
 
 
 def test_buttons_work_after_a_restart(server, bot, make_bot):

@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 import re
-import threading
 import time
 from types import SimpleNamespace
 
@@ -25,15 +24,12 @@ from bot.discord.config import (
     normalise_gateway,
 )
 from bot.discord.errors import GENERIC, friendly
-from bot.discord.local_queue import LocalJobQueue, QueuedJob, QueueFull
 from bot.discord.moderation import Cooldowns, Gate, Refused, Requester, banned_phrase, limits_for
 from bot.discord.parsing import ParseError
 from bot.discord.reporting import Status
 from bot.discord.requests import image_attachment
 from bot.discord.settings import BotSettings, RoleLimit
 from bot.discord.views import CUSTOM_ID, ResultButton, custom_id, result_view
-from runner import events as ev
-from runner.errors import JobCancelled
 
 FAKE = FakeDiscord()  # only its payload builders are used here: nothing is started
 
@@ -279,61 +275,6 @@ def test_errors_become_one_sentence_and_unexpected_ones_are_logged(caplog):
     with caplog.at_level(logging.ERROR):
         assert friendly(KeyError("boom")) == GENERIC
     assert "boom" in caplog.text
-
-
-# -- the local job queue -------------------------------------------------------------------
-
-
-def test_local_queue_is_round_robin_and_cancels():
-    async def scenario():
-        queue = LocalJobQueue(max_per_user=3)
-        await queue.start()
-        gate = threading.Event()
-        ran: list[str] = []
-        events: list[tuple[str, ev.Event]] = []
-
-        def job(name, user):
-            def run(cancel, emit):
-                if name == "first":
-                    gate.wait(5)
-                ran.append(name)
-                emit(ev.Progress(name, step=1, total=1))
-                return name
-
-            async def listener(event):
-                events.append((name, event))
-
-            return QueuedJob(
-                job_id=len(ran) + hash(name) % 10_000,
-                user_id=user,
-                run=run,
-                label=name,
-                listener=listener,
-            )
-
-        first = job("first", 0)
-        queue.submit(first)
-        await asyncio.sleep(0.05)  # "first" is running and holds the worker
-        jobs = {n: job(n, u) for n, u in (("A1", 1), ("A2", 1), ("A3", 1), ("B1", 2), ("C1", 3))}
-        positions = {n: queue.submit(j) for n, j in jobs.items()}
-        assert positions == {"A1": 1, "A2": 2, "A3": 3, "B1": 2, "C1": 3}
-        assert [e.label for e in queue.snapshot()] == ["first", "A1", "B1", "C1", "A2", "A3"]
-        with pytest.raises(QueueFull):
-            queue.submit(job("A4", 1))
-        assert queue.cancel(1, jobs["A3"].job_id) == [jobs["A3"].job_id]
-        assert queue.cancel(2, jobs["A2"].job_id) == []  # not B's job
-        gate.set()
-        results = await asyncio.gather(*(j.future for n, j in jobs.items() if n != "A3"))
-        with pytest.raises(JobCancelled):
-            await jobs["A3"].future
-        await queue.stop()
-        return ran, results, events
-
-    ran, results, events = asyncio.run(scenario())
-    assert ran == ["first", "A1", "B1", "C1", "A2"]
-    assert results == ["A1", "A2", "B1", "C1"]
-    assert any(isinstance(e, ev.Progress) for n, e in events if n == "B1")
-    assert any(isinstance(e, ev.Queued) and e.position == 1 for n, e in events if n == "A2")
 
 
 # -- configuration ---------------------------------------------------------------------------

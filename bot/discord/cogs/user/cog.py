@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -16,6 +18,8 @@ from bot.services.userdata import aforget_user
 from db import users as db_users
 
 PAGE_SIZE = 5
+
+log = logging.getLogger(__name__)
 
 
 class UserCog(commands.Cog):
@@ -279,18 +283,65 @@ class UserCog(commands.Cog):
     # -- queue --------------------------------------------------------------------------
     @app_commands.command(name="cancel")
     @app_commands.describe(job="A job number from /queue (default: all of yours)")
-    async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
+    async def cancel(
+        self, interaction: discord.Interaction, job: app_commands.Range[int, 1, 2**53] | None = None
+    ) -> None:
         """Cancel your queued or running jobs."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         admin = interaction.user.id in self.bot.settings.owner_set
-        cancelled = self.bot.queue.cancel(interaction.user.id, job, admin=admin)
+        try:
+            cancelled = await self.bot.generations.cancel(interaction.user.id, job, admin=admin)
+        except Exception as exc:
+            await say(interaction, f"⚠️ {friendly(exc)}")
+            return
         await say(interaction, texts.cancelled_text(cancelled))
 
     @app_commands.command(name="queue")
-    async def queue(self, interaction: discord.Interaction) -> None:
-        """What is running and waiting."""
+    @app_commands.describe(action="Owners: pause, resume or clear the queue")
+    @app_commands.choices(
+        action=[app_commands.Choice(name=a, value=a) for a in ("show", "pause", "resume", "clear")]
+    )
+    async def queue(self, interaction: discord.Interaction, action: str = "show") -> None:
+        """What is running and waiting (owners: pause, resume or clear it)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await say(interaction, texts.queue_text(self.bot.queue.snapshot(), interaction.user.id))
+        user_id = interaction.user.id
+        jobs = self.bot.jobs
+        try:
+            if action in ("pause", "resume", "clear") and not jobs.is_admin(user_id):
+                from bot.services.jobs import NotAllowed
+
+                raise NotAllowed(user_id, action)
+            if action == "pause":
+                await jobs.apause(user_id)
+                await say(interaction, texts.PAUSED)
+                return
+            if action == "resume":
+                await jobs.aresume(user_id)
+                await say(interaction, texts.RESUMED)
+                return
+            if action == "clear":
+                await self._clear(interaction)
+                return
+            entries, paused = await self.bot.generations.queue()
+        except Exception as exc:
+            await say(interaction, f"⚠️ {friendly(exc)}")
+            return
+        await say(
+            interaction,
+            texts.queue_text(entries, user_id, paused=paused, show_all=jobs.is_admin(user_id)),
+        )
+
+    async def _clear(self, interaction: discord.Interaction) -> None:
+        view = ConfirmView(interaction.user.id, label="Yes, clear the queue")
+        entries, _ = await self.bot.generations.queue()
+        waiting = sum(1 for e in entries if e.status == "queued")
+        await interaction.edit_original_response(content=texts.clear_question(waiting), view=view)
+        await view.wait()
+        if not view.value:
+            await interaction.edit_original_response(content="Nothing was cleared.", view=None)
+            return
+        count = await self.bot.jobs.aclear(interaction.user.id)
+        await interaction.edit_original_response(content=texts.cleared_text(count), view=None)
 
     # -- data rights --------------------------------------------------------------------
     @app_commands.command(name="forget-me")
@@ -306,7 +357,10 @@ class UserCog(commands.Cog):
         if not view.value:
             await interaction.edit_original_response(content="Nothing was deleted.", view=None)
             return
-        self.bot.queue.cancel(interaction.user.id)
+        try:
+            await self.bot.generations.cancel(interaction.user.id)
+        except Exception:
+            log.exception("could not cancel the jobs of a user who asked to be forgotten")
         try:
             report = await aforget_user(
                 self.bot.database, self.bot.settings, interaction.user.id, pm=self.bot.env.pm

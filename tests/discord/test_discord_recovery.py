@@ -1,0 +1,123 @@
+"""Restart recovery through the bot: the real ``easel bot`` is killed (SIGKILL, no
+clean shutdown of any kind) while jobs are queued and running, or between posting a
+result and recording that it did; the next ``easel bot`` on the same data runs what was
+left and posts every result exactly once (the stand-in Discord's channel and the
+database agree)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def rows(data_dir, sql: str, *args) -> list[tuple]:
+    con = sqlite3.connect(data_dir / "easel.sqlite3")
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def job_number(server, log) -> int:
+    """The job number the status showed with its place in the queue."""
+
+    def find():
+        for edit in log.edits:
+            match = re.search(r"Job #(\d+)", edit.get("content") or "")
+            if match:
+                return int(match[1])
+        return None
+
+    return server.wait_for(find, 30, "the job's number in its status")
+
+
+def kill(bot) -> None:
+    bot.proc.kill()  # SIGKILL
+    bot.proc.wait(10)
+
+
+def posted_once(server, data_dir, job: int, timeout: float = 90) -> dict:
+    """The one channel message of ``job`` (by its nonce), once the database says it was
+    posted as that message; fails if there is more than one."""
+    nonce = f"easel-job-{job}"
+    server.wait_for(lambda: server.messages_with_nonce(nonce), timeout, f"the result of job {job}")
+
+    def recorded():
+        return rows(data_dir, "select posted from jobs where id=?", job) == [(1,)]
+
+    server.wait_for(recorded, 30, f"job {job} to be marked posted")
+    (message,) = server.messages_with_nonce(nonce)
+    assert rows(
+        data_dir,
+        "select j.status, j.posted_message_id, g.message_id, g.status from jobs j "
+        "join generations g on g.id = j.generation_id where j.id=?",
+        job,
+    ) == [("done", int(message["id"]), int(message["id"]), "done")]
+    return message
+
+
+@pytest.fixture(scope="module")
+def state():
+    return {}
+
+
+def test_jobs_queued_and_running_when_the_bot_is_killed_run_after_a_restart(
+    server, make_bot, state
+):
+    bot = make_bot()
+    ann, ben = server.user(6001, "ann"), server.user(6002, "ben")
+    long = server.slash(
+        "imagine", {"prompt": "a long night --steps 100 --size 256x256 --seed 1"}, user=ann
+    )
+    server.wait_for(lambda: "Generating: step" in long.last_text, 60, "the long job to sample")
+    short = server.slash("imagine", {"prompt": "a short day --steps 3 --seed 2"}, user=ben)
+    running, waiting = job_number(server, long), job_number(server, short)
+    assert "Queued" in short.last_text
+    kill(bot)
+    assert rows(bot.data_dir, "select id, status, posted, attempts from jobs order by id") == [
+        (running, "running", 0, 1),
+        (waiting, "queued", 0, 0),
+    ]
+    assert not server.bot_messages()
+
+    state["bot"] = make_bot()  # a new process on the same data folder
+    first = posted_once(server, bot.data_dir, running)
+    second = posted_once(server, bot.data_dir, waiting)
+    assert first["content"].startswith("<@6001> **a long night** · seed 1 · 100 steps")
+    assert second["content"].startswith("<@6002> **a short day** · seed 2 · 3 steps")
+    assert [a["filename"] for a in first["attachments"]] == [
+        f"easel_{rows(bot.data_dir, 'select generation_id from jobs where id=?', running)[0][0]}.png"
+    ]
+    # The interrupted job ran again from the start; the waiting one ran once.
+    assert rows(bot.data_dir, "select id, attempts from jobs order by id") == [
+        (running, 2),
+        (waiting, 1),
+    ]
+    assert len(server.bot_messages()) == 2 and not server.nonce_repeats
+
+
+def test_a_result_posted_just_before_the_bot_is_killed_is_not_posted_again(server, make_bot, state):
+    bot = state["bot"]
+    server.hold_posts()  # the result reaches the channel, but the bot never hears back
+    try:
+        log = server.slash("imagine", {"prompt": "bad timing --seed 3"}, user=server.user(6003))
+        job = job_number(server, log)
+        nonce = f"easel-job-{job}"
+        (message,) = server.wait_for(
+            lambda: server.messages_with_nonce(nonce), 60, "the result to reach the channel"
+        )
+        kill(bot)
+    finally:
+        server.release_posts()
+    assert rows(bot.data_dir, "select status, posted from jobs where id=?", job) == [("done", 0)]
+    before = len(server.bot_messages())
+
+    make_bot()
+    # Posted again at the start with the same nonce: Discord hands back the first message.
+    server.wait_for(lambda: nonce in server.nonce_repeats, 60, "the repeated post")
+    assert posted_once(server, bot.data_dir, job)["id"] == message["id"]
+    assert len(server.bot_messages()) == before
