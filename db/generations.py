@@ -249,6 +249,16 @@ def count_output_references(session: Session, sha256: str) -> int:
     return session.scalar(select(func.count()).where(GenerationOutput.sha256 == sha256)) or 0
 
 
+def count_init_image_references(session: Session, name: str) -> int:
+    """How many generations (of any user) used the uploaded init image ``name``."""
+    return (
+        session.scalar(
+            select(func.count()).where(Generation.parameters["init_image"].as_string() == name)
+        )
+        or 0
+    )
+
+
 def unreferenced_images(session: Session, outputs: list[StoredFile]) -> list[StoredFile]:
     """Those of ``outputs`` whose hash no output row references any more."""
     seen: set[str] = set()

@@ -17,7 +17,8 @@ class StoredFile:
     (which owns the data folder) can remove them.
     """
 
-    kind: Literal["image", "lora"]
+    kind: Literal["image", "lora", "input"]
+    """``input`` is an uploaded init image (img2img), named in ``Generation.parameters``."""
     sha256: str
     path: str
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from db.base import Base, utcnow
 from db.errors import NotFound
-from db.generations import count_output_references
+from db.generations import count_init_image_references, count_output_references
 from db.loras import count_lora_file_references
 from db.models import AuditEntry, Generation, GenerationOutput, Job, Lora, User, UserSettings
 from db.results import StoredFile
@@ -54,11 +54,18 @@ def _user_files(session: Session, user_id: int) -> list[StoredFile]:
         .order_by(GenerationOutput.id)
     ):
         files.setdefault(("image", sha), StoredFile("image", sha, path))
+    for (parameters,) in session.execute(
+        select(Generation.parameters).where(Generation.user_id == user_id).order_by(Generation.id)
+    ):
+        name = (parameters or {}).get("init_image")
+        if isinstance(name, str) and name and "/" not in name and "\\" not in name:
+            # Uploaded init images live in the input folder under their hash-based name.
+            files.setdefault(("input", name), StoredFile("input", name, f"input/{name}"))
     return list(files.values())
 
 
 def user_files(session: Session, user_id: int) -> list[StoredFile]:
-    """Every file (LoRAs, images) the user's rows point at, each once."""
+    """Every file (LoRAs, result images, uploaded init images) the user's rows point at, each once."""
     return _user_files(session, user_id)
 
 
@@ -151,7 +158,10 @@ def delete_user_data(session: Session, user_id: int) -> list[StoredFile]:
     session.expire_all()
     orphans = []
     for f in files:
-        counter = count_lora_file_references if f.kind == "lora" else count_output_references
+        counter = {
+            "lora": count_lora_file_references,
+            "input": count_init_image_references,
+        }.get(f.kind, count_output_references)
         if not counter(session, f.sha256):
             orphans.append(f)
     return orphans

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from bot.services.errors import UnsafeStoredPath
-from db.generations import count_output_references
+from db.generations import count_init_image_references, count_output_references
 from db.loras import count_lora_file_references
 from db.results import StoredFile
 
@@ -102,6 +102,8 @@ def count_references(session: Session, stored: StoredFile) -> int:
     """How many rows (of any user) point at this file."""
     if stored.kind == "lora":
         return count_lora_file_references(session, stored.sha256)
+    if stored.kind == "input":
+        return count_init_image_references(session, stored.sha256)
     return count_output_references(session, stored.sha256)
 
 

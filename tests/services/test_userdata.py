@@ -223,3 +223,40 @@ def test_async_export_and_forget(populated, db, settings, tmp_path):
         "lora-library/"
     )
     assert db.read_sync(user_row_counts, BOB) == dict.fromkeys(forgotten.rows, 0)
+
+
+def test_uploaded_init_images_are_exported_and_forgotten(db, settings, tmp_path):
+    """An image a user uploaded for img2img is theirs: exported with their data, deleted by
+    forget unless another user's generation used the same image."""
+    from db.generations import record_generation
+    from db.users import get_or_create_user
+
+    inputs = settings.input_dir
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "aaaa.png").write_bytes(b"alice's upload")
+    (inputs / "bbbb.png").write_bytes(b"uploaded by both")
+
+    def populate(session):
+        for user in (ALICE, BOB):
+            get_or_create_user(session, user)
+        record_generation(
+            session, ALICE, prompt="a", workflow={}, parameters={"init_image": "aaaa.png"}
+        )
+        record_generation(
+            session, ALICE, prompt="b", workflow={}, parameters={"init_image": "bbbb.png"}
+        )
+        record_generation(
+            session, BOB, prompt="c", workflow={}, parameters={"init_image": "bbbb.png"}
+        )
+
+    db.run_sync(populate)
+    exported = userdata.export_user(db, settings, ALICE, tmp_path / "export")
+    paths = {e["path"] for e in json.loads(exported.document.read_text())["files"]}
+    assert {"input/aaaa.png", "input/bbbb.png"} <= paths
+    assert (tmp_path / "export" / "files").exists()
+
+    report = userdata.forget_user(
+        db, settings, ALICE, pm=build_plugin_manager(builtins=(), entry_points=False)
+    )
+    assert "input/aaaa.png" in report.files_deleted and not (inputs / "aaaa.png").exists()
+    assert "input/bbbb.png" in report.files_kept and (inputs / "bbbb.png").is_file()
