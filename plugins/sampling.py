@@ -85,6 +85,31 @@ def _repeat(t: torch.Tensor, batch: int) -> torch.Tensor:
     return t if t.shape[0] == batch else t[:1].repeat(batch, *([1] * (t.dim() - 1)))
 
 
+def _unet_conditioning(checkpoint, positive, negative, batch, latent_shape, do_cfg, device, dtype):
+    """``(encoder_hidden_states, added_cond_kwargs)`` for a batch: prompt embeddings
+    (unconditional half first under CFG, as diffusers orders them) and SDXL's pooled
+    embeddings and size ids."""
+    cond = _repeat(positive.embeds, batch).to(device, dtype)
+    uncond = _repeat(negative.embeds, batch).to(device, dtype)
+    if do_cfg and cond.shape[1] != uncond.shape[1]:
+        # Long prompts are 77-token chunks: repeat both sides to a common length, as ComfyUI does.
+        common = math.lcm(cond.shape[1], uncond.shape[1])
+        cond = cond.repeat(1, common // cond.shape[1], 1)
+        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
+    embeds = torch.cat([uncond, cond]) if do_cfg else cond
+    if not checkpoint.is_xl:
+        return embeds, None
+    height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
+    time_ids = torch.tensor(
+        [[height, width, 0, 0, height, width]], device=device, dtype=dtype
+    ).repeat(batch, 1)
+    pooled = _repeat(positive.pooled, batch).to(device, dtype)
+    if do_cfg:
+        pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
+        time_ids = torch.cat([time_ids, time_ids])
+    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
+
+
 def sample(
     checkpoint,
     *,
@@ -174,25 +199,9 @@ def sample(
     x = x.to(dtype)
 
     do_cfg = cfg > 1.0
-    cond = _repeat(positive.embeds, batch).to(device, dtype)
-    uncond = _repeat(negative.embeds, batch).to(device, dtype)
-    if do_cfg and cond.shape[1] != uncond.shape[1]:
-        # Long prompts are 77-token chunks: repeat both sides to a common length, as ComfyUI does.
-        common = math.lcm(cond.shape[1], uncond.shape[1])
-        cond = cond.repeat(1, common // cond.shape[1], 1)
-        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    added = None
-    if checkpoint.is_xl:
-        height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
-        time_ids = torch.tensor(
-            [[height, width, 0, 0, height, width]], device=device, dtype=dtype
-        ).repeat(batch, 1)
-        pooled = _repeat(positive.pooled, batch).to(device, dtype)
-        if do_cfg:
-            pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
-            time_ids = torch.cat([time_ids, time_ids])
-        added = {"text_embeds": pooled, "time_ids": time_ids}
+    embeds, added = _unet_conditioning(
+        checkpoint, positive, negative, batch, tuple(latent.shape), do_cfg, device, dtype
+    )
 
     # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
     # dpmpp_sde) make two scheduler calls per step.
@@ -313,24 +322,9 @@ def _sample_jobs(
     x = torch.cat(pieces).to(dtype)
 
     do_cfg = cfg > 1.0
-    cond = _repeat(positive.embeds, batch).to(device, dtype)
-    uncond = _repeat(negative.embeds, batch).to(device, dtype)
-    if do_cfg and cond.shape[1] != uncond.shape[1]:
-        common = math.lcm(cond.shape[1], uncond.shape[1])
-        cond = cond.repeat(1, common // cond.shape[1], 1)
-        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    added = None
-    if checkpoint.is_xl:
-        height, width = latent.shape[-2] * 8, latent.shape[-1] * 8
-        time_ids = torch.tensor(
-            [[height, width, 0, 0, height, width]], device=device, dtype=dtype
-        ).repeat(batch, 1)
-        pooled = _repeat(positive.pooled, batch).to(device, dtype)
-        if do_cfg:
-            pooled = torch.cat([_repeat(negative.pooled, batch).to(device, dtype), pooled])
-            time_ids = torch.cat([time_ids, time_ids])
-        added = {"text_embeds": pooled, "time_ids": time_ids}
+    embeds, added = _unet_conditioning(
+        checkpoint, positive, negative, batch, tuple(latent.shape), do_cfg, device, dtype
+    )
 
     n_steps = -(-len(timesteps) // order)
     lasts: list = [None] * len(parts)
