@@ -8,23 +8,9 @@ import signal
 
 import click
 
-from bot.cli.common import make_environment
+from bot.cli.common import close_environment, load_settings, make_environment
 
 log = logging.getLogger("bot.discord")
-
-
-def load_bot_settings(**overrides):
-    """The bot's settings (file + environment, then ``overrides``), or a ClickException
-    naming the problem."""
-    from pydantic import ValidationError
-
-    from bot.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise click.ClickException(f"configuration is invalid: {problems}") from None
 
 
 def make_job_service(settings, env, database):
@@ -86,7 +72,7 @@ def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
     from bot.discord.config import BadDiscordUrl, apply_discord_urls
     from runner.jobs.errors import BackendError
 
-    settings = load_bot_settings(backend=backend, ray_address=ray_address)
+    settings = load_settings(backend=backend, ray_address=ray_address)
     if not settings.discord_token:
         raise click.ClickException(
             "no Discord token: set DISCORD_TOKEN or discord_token in the config file"
@@ -118,4 +104,4 @@ def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
     except BackendError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        env.close()
+        close_environment(env)

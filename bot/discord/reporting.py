@@ -131,15 +131,6 @@ def _preview_file(event: ev.Progress) -> discord.File | None:
     return discord.File(buf, filename="preview.jpg")
 
 
-def _preview_file(event: ev.Progress) -> discord.File | None:
-    if event.preview is None:
-        return None
-    buf = io.BytesIO()
-    event.preview.convert("RGB").save(buf, format="JPEG", quality=70)
-    buf.seek(0)
-    return discord.File(buf, filename="preview.jpg")
-
-
 OTHER_JOB_MOVES = frozenset({"queued", "started", "job_ended", "job_requeued"})
 """Events of other jobs after which a waiting job's place may have changed."""
 SHOWN = frozenset(
@@ -164,9 +155,9 @@ async def job_events(
     position: Any = None,
 ) -> AsyncIterator[ev.Event]:
     """One job's events that a status shows (:data:`SHOWN`) out of a subscription to
-    every job's, until its :class:`~runner.jobs.JobEnded`. While it waits, other jobs starting, ending or
-    arriving may move it: ``position(job_id)`` is asked then, and a new place is
-    yielded as a :class:`~runner.events.Queued` event."""
+    every job's, until its :class:`~runner.jobs.JobEnded`. While it waits, other jobs
+    starting, ending or arriving may move it: ``position(job_id)`` is asked then, and a
+    new place is yielded as a :class:`~runner.events.Queued` event."""
     job_id = str(job_id)
     last: int | None = None
     waiting = True
@@ -346,6 +337,10 @@ class Reporter:
         live = await self._live_for(result.job_id)
         try:
             message = await self._deliver(result, live)
+            if message is not None and result.status == "done" and result.generation_id:
+                # Linked before the job is marked posted, so a reply or a button on the
+                # message finds its generation as soon as the job reads as posted.
+                await self._link(result, message)
         except BaseException as exc:
             if live is not None and not live.posted.done():
                 live.posted.set_exception(exc)
@@ -353,6 +348,18 @@ class Reporter:
         if live is not None and not live.posted.done():
             live.posted.set_result((result, message))
         return message.id if message is not None else None
+
+    async def _link(self, result: JobResult, message: discord.Message) -> None:
+        channel_id = getattr(getattr(message, "channel", None), "id", None) or result.channel_id
+        try:
+            await self.bot.generations.history.aset_message(
+                result.generation_id,
+                message_id=message.id,
+                channel_id=channel_id,
+                guild_id=result.guild_id,
+            )
+        except NotFound:  # deleted meanwhile
+            pass
 
     async def _live_for(self, job_id: int) -> Live | None:
         live = self._live.get(job_id)

@@ -628,8 +628,16 @@ class JobService:
         return True
 
     async def aflush_posts(self, timeout: float | None = None) -> bool:
-        """:meth:`flush_posts` for the event loop."""
-        return await asyncio.to_thread(functools.partial(self.flush_posts, timeout))
+        """:meth:`flush_posts` for the event loop (holds no thread while it waits)."""
+        try:
+            future = self._post_pool.submit(lambda: None)
+        except RuntimeError:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # JobStore: called by the runner on worker threads ------------------------------------------
     def job_started(self, job: JobSpec, worker: str) -> bool:
