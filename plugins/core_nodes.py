@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from plugins.samplers import SAMPLERS, SCHEDULERS, check_combination
 from plugins.prompt_encoding import encode_weighted, needs_custom_encoding
+from plugins.samplers import SAMPLERS, SCHEDULERS, check_combination
 from plugins.sampling import Conditioning, latent_preview, sample
 from runner import Input, hookimpl, node
 from runner import types as T

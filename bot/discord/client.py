@@ -35,6 +35,7 @@ DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.remix",
     "bot.discord.cogs.user",
     "bot.discord.cogs.admin",
+    "bot.discord.cogs.plugins",
 )
 
 

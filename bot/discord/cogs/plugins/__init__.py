@@ -15,7 +15,8 @@ async def setup(bot) -> None:
 
     from bot.services.plugins import start_plugins
 
-    service = getattr(bot, "plugin_service", None)
+    runtime = getattr(bot.env, "plugin_runtime", None)  # set by bot.cli.common.make_environment
+    service = getattr(bot, "plugin_service", None) or getattr(runtime, "service", None)
     if service is None:
         service = await asyncio.to_thread(start_plugins, bot.env, bot.settings, bot.database)
         bot.plugin_service = service
