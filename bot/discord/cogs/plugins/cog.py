@@ -15,33 +15,9 @@ from discord.ext import commands
 
 from bot.discord.actions import say
 from bot.discord.cogs.plugins import texts
+from bot.discord.views import ConfirmView
 
 log = logging.getLogger(__name__)
-
-
-class Confirm(discord.ui.View):
-    """A confirm / cancel pair for one user; ``value`` is True, False or None (timed out)."""
-
-    def __init__(self, user_id: int, label: str, *, timeout: float = 120):
-        super().__init__(timeout=timeout)
-        self.user_id = user_id
-        self.value: bool | None = None
-        self.confirm.label = label
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id
-
-    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.value = True
-        await interaction.response.defer()
-        self.stop()
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        self.value = False
-        await interaction.response.defer()
-        self.stop()
 
 
 def error_text(exc: BaseException) -> str:
@@ -107,7 +83,7 @@ class PluginCog(commands.Cog):
             return None
 
     async def _confirmed(self, interaction: discord.Interaction, text: str, label: str) -> bool:
-        view = Confirm(interaction.user.id, label)
+        view = ConfirmView(interaction.user.id, label=label)
         await interaction.edit_original_response(content=text, view=view)
         await view.wait()
         return bool(view.value)
