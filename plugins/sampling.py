@@ -110,6 +110,17 @@ def _unet_conditioning(checkpoint, positive, negative, batch, latent_shape, do_c
     return embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
 
+def _guided_noise(unet, model_in, t, embeds, added, do_cfg: bool, cfg: float) -> torch.Tensor:
+    """One UNet call and classifier-free guidance, as diffusers' pipelines combine them."""
+    noise_pred = unet(
+        model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+    )[0]
+    if not do_cfg:
+        return noise_pred
+    noise_uncond, noise_cond = noise_pred.chunk(2)
+    return noise_uncond + cfg * (noise_cond - noise_uncond)
+
+
 def sample(
     checkpoint,
     *,
@@ -212,18 +223,8 @@ def sample(
     last = None
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
-            model_in = torch.cat([x] * 2) if do_cfg else x
-            model_in = sched.scale_model_input(model_in, t)
-            noise_pred = unet(
-                model_in,
-                t,
-                encoder_hidden_states=embeds,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
-            if do_cfg:
-                noise_uncond, noise_cond = noise_pred.chunk(2)
-                noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
+            model_in = sched.scale_model_input(torch.cat([x] * 2) if do_cfg else x, t)
+            noise_pred = _guided_noise(unet, model_in, t, embeds, added, do_cfg, cfg)
             last = sched.step(noise_pred, t, x, **step_kwargs, return_dict=True)
             x = last.prev_sample
             if on_step is not None and ((i + 1) % order == 0 or i + 1 == len(timesteps)):
@@ -332,16 +333,7 @@ def _sample_jobs(
         for i, t in enumerate(timesteps):
             scaled = torch.cat([sched.scale_model_input(x[part], t) for sched, _, part, _ in parts])
             model_in = torch.cat([scaled] * 2) if do_cfg else scaled
-            noise_pred = unet(
-                model_in,
-                t,
-                encoder_hidden_states=embeds,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
-            if do_cfg:
-                noise_uncond, noise_cond = noise_pred.chunk(2)
-                noise_pred = noise_uncond + cfg * (noise_cond - noise_uncond)
+            noise_pred = _guided_noise(unet, model_in, t, embeds, added, do_cfg, cfg)
             outs = []
             for j, (sched, step_kwargs, part, _) in enumerate(parts):
                 lasts[j] = sched.step(noise_pred[part], t, x[part], **step_kwargs, return_dict=True)
