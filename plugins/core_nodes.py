@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from plugins.prompt_encoding import encode_weighted, needs_custom_encoding
-from plugins.samplers import SAMPLERS, SCHEDULERS, check_combination
-from plugins.sampling import Conditioning, latent_preview, sample
 from runner import Input, hookimpl, node
 from runner import types as T
 from runner.context import NodeContext
+from runner.diffusion.prompt_encoding import encode_weighted, needs_custom_encoding
+from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
+from runner.diffusion.sampling import Conditioning, latent_preview, sample
 
 MAX_RESOLUTION = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -233,7 +233,7 @@ def _run_sampler(ctx: NodeContext, model: ModelHandle, positive, negative, laten
     ctx.check_cancelled()
     batch = ctx.extra.get("sampler_batch")
     if batch is not None:  # one sampler call shared by the jobs of a batch (runner.jobs)
-        from plugins.batched_sampling import SamplerCall, sample_calls
+        from runner.diffusion.batched import SamplerCall, sample_calls
 
         call = SamplerCall(ctx, model, positive, negative, samples, kwargs)
         out = batch.run(ctx.job_id, call, sample_calls)

@@ -17,13 +17,13 @@ from plugins.core_nodes import MAX_RESOLUTION, center_crop_nchw, resize_nchw, ta
 from runner import Input, hookimpl, node
 from runner import types as T
 from runner.context import NodeContext
+from runner.files import write_atomic
 from runner.images import (
     a1111_parameters,
     open_image,
     pil_to_tensor,
     png_bytes,
     tensor_to_pils,
-    write_atomic,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")

@@ -50,3 +50,12 @@ class UnsafeFileError(ModelError):
 
 class TemplateError(EaselError):
     """A request could not be turned into a workflow (unknown template, bad option)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means the device (or the host) ran out of memory: torch's
+    ``OutOfMemoryError`` (CUDA, MPS), Python's ``MemoryError``, or a runtime error whose
+    message says so (how some backends report it)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

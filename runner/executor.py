@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from runner import events as ev
 from runner.cache import cache_key
 from runner.context import CancelToken, NodeContext
-from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
+from runner.errors import (
+    EaselError,
+    JobCancelled,
+    NodeExecutionError,
+    WorkflowInvalid,
+    is_out_of_memory,
+)
 from runner.validation import ResolvedNode, ValidationResult, validate
 
 if TYPE_CHECKING:
@@ -189,7 +195,7 @@ class Executor:
             except JobCancelled:
                 raise
             except Exception as exc:
-                if attempt == 1 and _is_oom(exc):
+                if attempt == 1 and is_out_of_memory(exc):
                     log.warning(
                         "out of memory in node %s (%s); freeing caches and retrying once",
                         node.node_id,
@@ -213,19 +219,8 @@ class Executor:
         return outputs, ui
 
 
-def _is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
-
-
 def _readable(exc: BaseException) -> str:
-    if _is_oom(exc):
+    if is_out_of_memory(exc):
         return "out of memory even after freeing the model caches; try a smaller size or batch, or enable low_vram"
     if isinstance(exc, EaselError):
         return str(exc)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from runner.errors import EaselError, JobCancelled
+from runner.errors import EaselError, JobCancelled, is_out_of_memory
 from runner.nodes import NodeType
 from runner.plugin_manager import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
 from runner.templates import WorkflowTemplate
@@ -209,12 +209,6 @@ def describe_error(exc: BaseException) -> str:
         last = frames[-1]
         where = f" (at {Path(last.filename).name}:{last.lineno})"
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return True
-    return type(exc).__name__ == "OutOfMemoryError"
 
 
 class _GuardedPlugin:
@@ -455,7 +449,7 @@ class PluginHost:
             except (JobCancelled, EaselError):
                 raise
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     host._report(record, f"{what} raised {describe_error(exc)}")
                 raise
 

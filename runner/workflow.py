@@ -108,14 +108,3 @@ def apply_overrides(
         inputs[input_name] = value
     return out
 
-
-def is_link(value: Any) -> bool:
-    """Whether an input value is a link ``[node_id, output_index]`` (shape only)."""
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool)
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    )

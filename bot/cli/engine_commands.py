@@ -40,7 +40,8 @@ def parse_lora(text: str) -> tuple[str, float]:
 def store_input_image(settings, path: Path) -> str:
     """Check an init image and copy it into the input folder under its content hash; returns
     the name LoadImage takes."""
-    from runner.images import BadImage, open_image, sha256_bytes, write_atomic
+    from runner.files import write_atomic
+    from runner.images import BadImage, open_image, sha256_bytes
 
     try:
         image = open_image(path, max_bytes=int(settings.max_upload_mb * 1024 * 1024))
@@ -63,7 +64,7 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
     format the suffix names."""
     from PIL import Image
 
-    from runner.images import write_atomic
+    from runner.files import write_atomic
 
     fmt = OUT_FORMATS.get(out.suffix.lower())
     if fmt is None:

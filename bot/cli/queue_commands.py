@@ -43,7 +43,7 @@ def run_on_ray(
     its events to ``on_event``, and write the images it sends back into the output folder.
     Returns their paths."""
     from runner.errors import JobCancelled
-    from runner.images import write_atomic
+    from runner.files import write_atomic
     from runner.jobs import JobRunner, MemoryStore, make_job
     from runner.jobs.ray_backend import RayBackend, import_ray
 

@@ -10,9 +10,9 @@ import discord
 
 from bot.discord import context, render
 from bot.discord.errors import friendly
-from bot.discord.parsing import ParseError, parse_prompt
 from bot.discord.reporting import InteractionStatus
 from bot.discord.views import RemixModal, ReuseSeedModal
+from bot.services.parsing import ParseError, parse_prompt
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from discord.ext import commands
 
 from bot.discord.actions import ResultActions
 from bot.discord.errors import friendly
-from bot.discord.generation import GenerationService
-from bot.discord.moderation import Gate
 from bot.discord.reporting import Reporter
 from bot.discord.requests import RequestBuilder
 from bot.discord.views import ResultButton
+from bot.services.generation import GenerationService
+from bot.services.moderation import Gate
 
 log = logging.getLogger(__name__)
 

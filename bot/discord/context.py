@@ -7,9 +7,9 @@ from typing import Any
 
 import discord
 
-from bot.discord.generation import Destination
-from bot.discord.moderation import Requester
-from bot.discord.parsing import Defaults
+from bot.services.generation import Destination
+from bot.services.moderation import Requester
+from bot.services.parsing import Defaults
 from db import users as db_users
 
 

@@ -23,8 +23,8 @@ def sentence(text: str, limit: int = 300) -> str:
 def friendly(exc: BaseException) -> str:
     """The sentence a user sees for ``exc``. Unexpected errors are logged with their
     traceback and shown as a generic sentence."""
-    from bot.discord.moderation import Refused
-    from bot.discord.parsing import ParseError
+    from bot.services.moderation import Refused
+    from bot.services.parsing import ParseError
     from db.errors import DbError, NotFound
     from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
     from runner.images import BadImage

@@ -35,8 +35,8 @@ import discord
 
 from bot.discord import render
 from bot.discord.errors import friendly, sentence
-from bot.discord.generation import Destination, Submission, Ticket, result_parameters
 from bot.discord.views import result_view
+from bot.services.generation import Destination, Submission, Ticket, result_parameters
 from bot.services.jobs import JobResult
 from db.errors import NotFound
 from runner import events as ev

@@ -10,10 +10,10 @@ from typing import Any
 import discord
 
 from bot.discord import context
-from bot.discord.files import store_input_image
-from bot.discord.generation import Destination, Submission, base_size, request_from_generation
-from bot.discord.moderation import Refused
-from bot.discord.parsing import ImagineRequest, Limits, build_request, size_for_aspect
+from bot.services.generation import Destination, Submission, base_size, request_from_generation
+from bot.services.moderation import Refused
+from bot.services.parsing import ImagineRequest, Limits, build_request, size_for_aspect
+from bot.services.uploads import store_input_image
 from runner.images import sha256_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")

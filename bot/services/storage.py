@@ -22,12 +22,11 @@ from bot.services.errors import UnsafeStoredPath
 from db.generations import count_init_image_references, count_output_references
 from db.loras import count_lora_file_references
 from db.results import StoredFile
+from runner.files import ordinary_mode, write_atomic
 
 IMAGES_FOLDER = "images"
 """Output images live in ``DATA_DIR/images/<sha256>.png``."""
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -53,20 +52,6 @@ def relative_to_data(data_dir: Path, path: Path) -> str:
     return Path(path).relative_to(Path(data_dir)).as_posix()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def place_file(source: Path, target: Path, *, move: bool) -> bool:
     """Put ``source``'s content at ``target`` (a content-hash name) atomically.
 
@@ -88,7 +73,7 @@ def place_file(source: Path, target: Path, *, move: bool) -> bool:
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

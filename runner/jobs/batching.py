@@ -7,7 +7,7 @@ job's :class:`SamplerBatch` (found in ``NodeContext.extra["sampler_batch"]``) in
 sampling alone; once every job of the batch has arrived (or finished without needing
 the sampler, e.g. from the node cache), one thread runs a combined call for all of them
 and each gets its own slice back. The combining itself is the sampler plugin's
-business (``plugins.batched_sampling``); this module only does the meeting.
+business (``runner.diffusion.batched``); this module only does the meeting.
 """
 
 from __future__ import annotations

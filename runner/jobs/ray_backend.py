@@ -116,7 +116,7 @@ class RayWorkerActor:
     def _fetch_loras(self, env: Any, loras: Mapping[str, Sequence[Any]]) -> None:
         import ray
 
-        from runner.images import write_atomic
+        from runner.files import write_atomic
 
         for name, (sha256, ref) in loras.items():
             if name in env.models.extra_lora_paths and env.models.extra_lora_paths[name].is_file():

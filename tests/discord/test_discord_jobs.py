@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from bot.discord.generation import Destination, GenerationService, Submission
-from bot.discord.parsing import ImagineRequest
 from bot.discord.reporting import Reporter, Status, job_events
+from bot.services.generation import Destination, GenerationService, Submission
 from bot.services.history import History
 from bot.services.jobs import JobResult, JobService
+from bot.services.parsing import ImagineRequest
 from bot.settings import Settings
 from db import jobs as db_jobs
 from db.engine import Database

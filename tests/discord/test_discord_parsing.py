@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.discord.parsing import (
+from bot.services.parsing import (
     Defaults,
     ImagineRequest,
     Limits,

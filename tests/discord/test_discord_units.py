@@ -24,12 +24,13 @@ from bot.discord.config import (
     normalise_gateway,
 )
 from bot.discord.errors import GENERIC, friendly
-from bot.discord.moderation import Cooldowns, Gate, Refused, Requester, banned_phrase, limits_for
-from bot.discord.parsing import ParseError
 from bot.discord.reporting import Status
 from bot.discord.requests import image_attachment
-from bot.discord.settings import BotSettings, RoleLimit
 from bot.discord.views import CUSTOM_ID, ResultButton, custom_id, result_view
+from bot.services.moderation import Cooldowns, Gate, Refused, Requester, banned_phrase, limits_for
+from bot.services.parsing import ParseError
+from bot.settings import RoleLimit
+from bot.settings import Settings as BotSettings
 
 FAKE = FakeDiscord()  # only its payload builders are used here: nothing is started
 

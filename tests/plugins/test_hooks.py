@@ -202,16 +202,16 @@ CHECKER = """
 
 
 def generation_service(runtime, database):
-    from bot.discord.generation import GenerationService
-    from bot.discord.settings import BotSettings
+    from bot.services.generation import GenerationService
+    from bot.settings import Settings as BotSettings
 
     settings = BotSettings(data_dir=runtime.env.settings.data_dir, safety="refuse")
     return GenerationService(runtime.env, database, settings, None), settings
 
 
 def test_hook_easel_check_prompt(plugin_settings, make_runtime, database):
-    from bot.discord.generation import Destination
-    from bot.discord.moderation import Refused
+    from bot.services.generation import Destination
+    from bot.services.moderation import Refused
     from runner.plugin_host import PluginHookError
 
     write_dropin(plugin_settings, "checker", CHECKER)
@@ -230,7 +230,7 @@ def test_hook_easel_check_prompt(plugin_settings, make_runtime, database):
 def test_hook_easel_check_output(plugin_settings, make_runtime, database):
     from PIL import Image
 
-    from bot.discord.generation import Destination
+    from bot.services.generation import Destination
 
     write_dropin(plugin_settings, "checker", CHECKER)
     runtime = make_runtime()

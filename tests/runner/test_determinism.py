@@ -65,7 +65,7 @@ def test_ksampler_matches_diffusers_stable_diffusion_pipeline(env, cfg, negative
     cfg and an EulerDiscreteScheduler with linspace spacing."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from plugins.sampling import initial_noise
+    from runner.diffusion.sampling import initial_noise
 
     prompt, seed, steps = "a lighthouse at dawn", 1234, 4
     workflow = txt2img_workflow(
@@ -98,7 +98,7 @@ def test_ksampler_matches_diffusers_stable_diffusion_pipeline(env, cfg, negative
 def test_initial_noise_is_drawn_on_the_cpu_from_the_seed():
     import torch
 
-    from plugins.sampling import initial_noise
+    from runner.diffusion.sampling import initial_noise
 
     a = initial_noise((1, 4, 8, 8), 42)
     assert a.device.type == "cpu" and a.dtype == torch.float32
@@ -172,7 +172,7 @@ def test_other_samplers_match_the_same_diffusers_scheduler_in_the_pipeline(
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from plugins.sampling import initial_noise
+    from runner.diffusion.sampling import initial_noise
 
     seed, steps, cfg = 77, 3, 5.0
     workflow = txt2img_workflow(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from plugins.prompt_encoding import (
+from runner.diffusion.prompt_encoding import (
     encode_weighted,
     needs_custom_encoding,
     parse_weights,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from runner_testlib import image_of, txt2img_workflow, with_inputs
 
-from plugins.samplers import (
+from runner.diffusion.samplers import (
     SAMPLERS,
     SCHEDULERS,
     check_combination,

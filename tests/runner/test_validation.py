@@ -202,7 +202,7 @@ def test_value_bigger_than_max(module_env, base, node_id, name, value):
 
 
 def test_value_not_in_list(module_env, base):
-    from plugins.samplers import SAMPLERS
+    from runner.diffusion.samplers import SAMPLERS
 
     issue = only_issue(module_env, mutate(base, "3", sampler_name="euler_magic"))
     assert where(issue) == ("value_not_in_list", "3", "sampler_name", "euler_magic")

@@ -11,9 +11,9 @@ from discord.ext import commands
 from bot.discord.actions import say
 from bot.discord.cogs.user import texts
 from bot.discord.errors import friendly
-from bot.discord.parsing import ParseError, parse_size
 from bot.discord.views import ConfirmView, ResultButton
 from bot.services.loras import LoraLibrary
+from bot.services.parsing import ParseError, parse_size
 from bot.services.userdata import aforget_user
 from db import users as db_users
 

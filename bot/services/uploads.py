@@ -7,7 +7,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.images import BadImage, open_image, sha256_bytes, write_atomic
+from runner.files import write_atomic
+from runner.images import BadImage, open_image, sha256_bytes
 
 IMAGES_FOLDER = "images"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plugins.samplers import make_scheduler
+from runner.diffusion.samplers import make_scheduler
 
 # ComfyUI's latent -> RGB approximations, for step previews.
 _LATENT_RGB = {

@@ -14,12 +14,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from bot.discord.files import input_from_output
-from bot.discord.moderation import Refused
-from bot.discord.parsing import ImagineRequest, LoraSpec
 from bot.services.history import History
 from bot.services.jobs import JobAlreadyFinished, JobInfo, JobNotFound
+from bot.services.moderation import Refused
+from bot.services.parsing import ImagineRequest, LoraSpec
 from bot.services.storage import delete_unreferenced
+from bot.services.uploads import input_from_output
 from db import generations as db_generations
 from db import jobs as db_jobs
 from runner.templates import GenerationRequest, LoraRef

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from plugins.sampling import Conditioning, latent_preview, sample
 from runner import events as ev
 from runner.context import NodeContext
+from runner.diffusion.sampling import Conditioning, latent_preview, sample
 from runner.errors import JobCancelled
 
 

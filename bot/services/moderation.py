@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bot.discord.parsing import Limits
+from bot.services.parsing import Limits
 
 
 class Refused(Exception):
