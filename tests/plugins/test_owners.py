@@ -19,6 +19,7 @@ from bot.services.plugins import (
     classify_spec,
     environment_constraints,
 )
+from bot.services.plugins import pip as plugin_pip
 from db import audit as db_audit
 
 
@@ -35,7 +36,7 @@ def no_pip(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("pip must not run")
 
-    monkeypatch.setattr(plugin_service, "run_pip", forbidden)
+    monkeypatch.setattr(plugin_pip, "run_pip", forbidden)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +154,7 @@ def test_pip_may_not_change_the_bots_own_packages(service, monkeypatch, tmp_path
         seen["constraints"] = (cwd / "constraints.txt").read_text()
         return plugin_service.PipRun(args, 1, "", "ERROR: stop here", 0.0)
 
-    monkeypatch.setattr(plugin_service, "run_pip", fake_pip)
+    monkeypatch.setattr(plugin_pip, "run_pip", fake_pip)
     with pytest.raises(PipFailed):
         service.install(OWNER, "easel-plugin-example==0.1.0")
     args = seen["args"]
