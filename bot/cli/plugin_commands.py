@@ -44,29 +44,19 @@ def plugin_service(*, load: bool) -> Iterator[Any]:
 
 
 def plugin_errors(fn: Callable) -> Callable:
-    """The plugin service's and host's errors as one line on stderr: exit 2 for a refused
-    or unknown request, 1 for a failure (pip, a broken plugin)."""
+    """Plugin management's errors as one line on stderr: exit 2 for a refused or unknown
+    request (:data:`~bot.services.plugins.REFUSALS`), 1 for a failure (pip, a broken
+    plugin)."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from bot.services.plugins import (
-            CannotChange,
-            InstallsDisabled,
-            NotOwner,
-            PluginNotFound,
-            PluginServiceError,
-            SpecRefused,
-        )
-        from runner.plugin_host import PluginHostError
+        from bot.services.plugins import PLUGIN_ERRORS, REFUSALS
 
         try:
             return fn(*args, **kwargs)
-        except (NotOwner, InstallsDisabled, SpecRefused, PluginNotFound, CannotChange) as exc:
+        except PLUGIN_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except (PluginServiceError, PluginHostError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            sys.exit(EXIT_BAD_INPUT if isinstance(exc, REFUSALS) else EXIT_FAILED)
 
     return wrapper
 
@@ -131,10 +121,8 @@ def info(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.to_dict(), indent=2))
         return
-    for key, value in status.to_dict().items():
-        if value not in (None, [], ""):
-            shown = ", ".join(value) if isinstance(value, list) else value
-            click.echo(f"{key}: {shown}")
+    for key, shown in status.shown_fields():
+        click.echo(f"{key}: {shown}")
 
 
 @plugins.command("enable")
@@ -194,7 +182,7 @@ def audit(limit: int, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     for row in rows:
-        actor = "operator" if row["actor"] == 0 else row["actor"]
+        actor = "operator" if row["actor"] == _operator() else row["actor"]
         click.echo(f"{row['at']}  {actor}  {row['action']}  {row['target'] or ''}")
 
 

@@ -1,9 +1,7 @@
-"""pip in a subprocess: install arguments and constraints, a time limit, output cut to
-what an owner needs, the JSON installation report read, install specs checked.
-
-pip installs into the plugin packages folder (``pip install --prefix``), never into the
-bot's own environment: a constraints file pins every package the bot has, so a plugin that
-needs other versions is refused by pip's resolver instead of changing the bot."""
+"""pip in a subprocess and what it says: a time limit that stops the whole process group,
+output cut to what an owner needs, the JSON installation report read, install specs
+classified, the bot's own packages listed as constraints. How easel uses pip for the plugin
+packages folder is :mod:`bot.services.plugins.installer`."""
 
 from __future__ import annotations
 
@@ -208,44 +206,12 @@ def read_report(text: str, run: PipRun, spec: str) -> tuple[PackageChange, ...]:
     return packages_from_report(report, run.output)
 
 
-def pip_install(
-    prefix: Path,
-    extra: list[str],
-    *,
-    spec: str,
-    work: Path,
-    pip_args: list[str],
-    timeout_s: float,
-    exclude: list[Path],
-) -> PipRun:
-    """``pip install --prefix PREFIX ... EXTRA`` with every package of the bot's own
-    environment (``sys.path`` without ``exclude``) pinned in ``work/constraints.txt``;
-    ``pip_args`` are the configured extra options (an offline index, say)."""
-    constraints = work / "constraints.txt"
-    constraints.write_text(environment_constraints(exclude))
-    prefix.mkdir(parents=True, exist_ok=True)
-    args = [
-        "install",
-        "--prefix",
-        str(prefix),
-        "--no-warn-script-location",
-        "--progress-bar",
-        "off",
-        "-c",
-        str(constraints),
-        *pip_args,
-        *extra,
-    ]
-    return run_pip(args, timeout_s=timeout_s, spec=spec, cwd=work)
-
-
 __all__ = [
     "MAX_SUMMARY_CHARS",
     "PipRun",
     "classify_spec",
     "environment_constraints",
     "packages_from_report",
-    "pip_install",
     "read_report",
     "run_pip",
     "summarize_pip",

@@ -133,6 +133,15 @@ class PluginStatus:
             installed_at=row.installed_at if row else None,
         )
 
+    def shown_fields(self) -> list[tuple[str, Any]]:
+        """``(field, value)`` for every field that has a value, lists joined with commas:
+        what ``info`` shows, at the command line and in Discord."""
+        return [
+            (key, ", ".join(value) if isinstance(value, list) else value)
+            for key, value in self.to_dict().items()
+            if value not in (None, [], "")
+        ]
+
     def line(self) -> str:
         """One line for a list."""
         version = f" {self.version}" if self.version else ""

@@ -1,14 +1,11 @@
-"""Plugins as a product: owners install, list, enable, disable, remove and reload plugins in
+"""The plugin service: owners install, list, enable, disable, remove and reload plugins in
 a running bot, without a restart.
 
-pip runs in a subprocess, with a time limit, its output captured and summarised, into the
-plugin packages folder (``pip install --prefix DATA_DIR/plugin-packages``), never into the
-bot's own environment: a constraints file pins every package the bot has, so a plugin that
-needs other versions is refused by pip's resolver instead of changing the bot. Before an
-install, :meth:`PluginService.plan_install` shows what pip would install
-(``pip install --dry-run --report -``) for the owner to confirm. The installed version and
-the wheel's sha256 are recorded in the database, with the enabled/disabled state and the
-reason a plugin was switched off; :meth:`PluginService.start` restores that state.
+Before an install, :meth:`PluginService.plan_install` shows what pip would install for the
+owner to confirm; pip itself is :class:`~bot.services.plugins.installer.PipInstaller`'s.
+The installed version and the wheel's sha256 are recorded in the database, with the
+enabled/disabled state and the reason a plugin was switched off;
+:meth:`PluginService.start` restores that state.
 
 The runner's :class:`~runner.plugin_host.PluginHost` loads, guards and unloads the plugins;
 a plugin that it switches off (it failed to import, failed validation, raised or hung in a
@@ -21,11 +18,8 @@ log. Every method blocks (pip, imports): the bot calls them with ``asyncio.to_th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,12 +37,8 @@ from bot.services.plugins.errors import (
     PluginNotFound,
     SpecRefused,
 )
-from bot.services.plugins.pip import PipRun, classify_spec, pip_install, read_report
-from bot.services.plugins.removal import (
-    remove_distribution,
-    remove_dropin,
-    remove_stale_versions,
-)
+from bot.services.plugins.installer import PipInstaller
+from bot.services.plugins.removal import remove_distribution, remove_dropin
 from bot.services.plugins.results import InstallPlan, InstallResult, PluginStatus
 from db import audit as db_audit
 from db import plugins as db_plugins
@@ -60,7 +50,6 @@ from runner.plugin_host import (
     PluginSource,
     discover_plugins,
     normalize_name,
-    plugin_site_dirs,
 )
 
 if TYPE_CHECKING:
@@ -84,10 +73,10 @@ class PluginService:
         self.settings = settings
         self.db = db
         self.host = host
-        self.prefix: Path = Path(settings.plugin_packages_root)
-        self.site_dirs = plugin_site_dirs(self.prefix)
+        self.pip = PipInstaller(settings)
+        self.prefix: Path = self.pip.prefix
+        self.site_dirs = self.pip.site_dirs
         self.dropin_dir: Path = Path(settings.plugins_root)
-        self._pip_lock = threading.Lock()
         self._listeners: list[Callable[[PluginEvent], None]] = []
         if host is not None:
             host.add_listener(self._on_host_event)
@@ -224,28 +213,6 @@ class PluginService:
 
     # -- install --------------------------------------------------------------------------
 
-    def _check_spec(self, spec: str) -> str:
-        kind = classify_spec(spec)
-        if kind != "requirement" and not self.settings.plugin_allow_urls:
-            raise SpecRefused(spec, f"a {kind} is only accepted with plugin_allow_urls = true")
-        if kind == "path":
-            path = Path(spec.strip()).expanduser().resolve()
-            if not path.exists():
-                raise SpecRefused(spec, f"no such file or folder: {path}")
-            return str(path)
-        return spec.strip()
-
-    def _run_pip(self, extra: list[str], spec: str, work: Path) -> PipRun:
-        return pip_install(
-            self.prefix,
-            extra,
-            spec=spec,
-            work=work,
-            pip_args=self.settings.plugin_pip_args,
-            timeout_s=self.settings.plugin_pip_timeout_s,
-            exclude=self.site_dirs,
-        )
-
     def _prepare(self, actor_id: int, spec: str) -> str:
         self._require_owner(actor_id, "install", spec)
         if not self.settings.plugin_installs_enabled:
@@ -254,7 +221,7 @@ class PluginService:
             )
             raise InstallsDisabled()
         try:
-            return self._check_spec(spec)
+            return self.pip.check_spec(spec)
         except SpecRefused as exc:
             self._audit(actor_id, "install", spec, {"ok": False, "error": exc.reason})
             raise
@@ -262,13 +229,7 @@ class PluginService:
     def plan_install(self, actor_id: int, spec: str) -> InstallPlan:
         """What pip would install for ``spec`` (``pip install --dry-run --report -``), for
         the confirmation step. Owners only; raises like :meth:`install`."""
-        target = self._prepare(actor_id, spec)
-        with tempfile.TemporaryDirectory(prefix="easel-pip-") as tmp:
-            run = self._run_pip(
-                ["--dry-run", "--quiet", "--report", "-", "--", target], spec, Path(tmp)
-            )
-        run.check(spec)
-        return InstallPlan(spec, read_report(run.stdout, run, spec), run.warnings)
+        return self.pip.plan(spec, self._prepare(actor_id, spec))
 
     def install(self, actor_id: int, spec: str) -> InstallResult:
         """Install ``spec`` with pip into the plugin packages folder, record it, and load it
@@ -277,31 +238,23 @@ class PluginService:
         :class:`PipTimedOut`; ``spec`` must be a requirement, or a URL or path when
         ``plugin_allow_urls`` is on. Owners only; audited."""
         target = self._prepare(actor_id, spec)
-        if not self._pip_lock.acquire(blocking=False):
+        if not self.pip.lock.acquire(blocking=False):
             raise InstallBusy(spec)
         try:
             return self._install(actor_id, spec, target)
         finally:
-            self._pip_lock.release()
+            self.pip.lock.release()
 
     def _install(self, actor_id: int, spec: str, target: str) -> InstallResult:
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="easel-pip-") as tmp:
-            report_path = Path(tmp) / "report.json"
-            try:
-                run = self._run_pip(["--report", str(report_path), "--", target], spec, Path(tmp))
-            except PipTimedOut as exc:
-                self._audit(actor_id, "install", spec, {"ok": False, "error": str(exc)})
-                raise
-            summary = run.summary()
-            try:
-                run.check(spec)
-                packages = read_report(report_path.read_text(), run, spec)
-            except PipFailed:
-                self._audit(actor_id, "install", spec, {"ok": False, "pip": summary})
-                raise
-        for package in packages:
-            remove_stale_versions(self.prefix, package.name, package.version)
+        try:
+            packages, summary = self.pip.install(spec, target)
+        except PipTimedOut as exc:
+            self._audit(actor_id, "install", spec, {"ok": False, "error": str(exc)})
+            raise
+        except PipFailed as exc:
+            self._audit(actor_id, "install", spec, {"ok": False, "pip": exc.summary})
+            raise
         requested = next((p for p in packages if p.requested), None)
         if requested is None:
             self._audit(actor_id, "install", spec, {"ok": False, "pip": summary})
@@ -439,38 +392,10 @@ class PluginService:
         fails to import if it really needs them)."""
         if not (self.settings.plugin_dropin_requirements and self.settings.plugin_installs_enabled):
             return
-        if not self.dropin_dir.is_dir():
-            return
-        marks = self.prefix / ".dropin-requirements"
-        for folder in sorted(p for p in self.dropin_dir.iterdir() if p.is_dir()):
-            requirements = folder / "requirements.txt"
-            if not requirements.is_file() or folder.name.startswith((".", "_")):
-                continue
-            digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-            mark = marks / f"{folder.name}.sha256"
-            if mark.is_file() and mark.read_text().strip() == digest:
-                continue
-            spec = f"-r {requirements}"
-            with self._pip_lock, tempfile.TemporaryDirectory(prefix="easel-pip-") as tmp:
-                try:
-                    run = self._run_pip(["-r", str(requirements)], spec, Path(tmp))
-                except PipTimedOut as exc:
-                    self._audit(
-                        LOCAL_OPERATOR,
-                        "requirements",
-                        folder.name,
-                        {"ok": False, "error": str(exc)},
-                    )
-                    continue
-            ok = run.returncode == 0
-            self._audit(
-                LOCAL_OPERATOR, "requirements", folder.name, {"ok": ok, "pip": run.summary()}
-            )
-            if ok:
-                mark.parent.mkdir(parents=True, exist_ok=True)
-                mark.write_text(digest)
-            else:
-                log.warning("requirements of drop-in %s failed:\n%s", folder.name, run.summary())
+        for folder, details in self.pip.dropin_requirements(self.dropin_dir):
+            self._audit(LOCAL_OPERATOR, "requirements", folder, details)
+            if not details["ok"] and "pip" in details:
+                log.warning("requirements of drop-in %s failed:\n%s", folder, details["pip"])
 
     def close(self) -> None:
         """Unload the plugins (their shutdown hooks run)."""

@@ -20,17 +20,18 @@ from bot.discord.views import ConfirmView
 log = logging.getLogger(__name__)
 
 
-def error_text(exc: BaseException) -> str:
-    """The plugin service's errors are sentences already; others go through ``friendly``."""
-    from bot.services.plugins import NotOwner, PluginServiceError
-    from runner.plugin_host import PluginHostError
+def error_text(exc: BaseException, command: str = "/plugin") -> str:
+    """The answer to a failed ``command``: plugin management's errors are sentences already;
+    anything else is logged with its traceback and goes through ``friendly``."""
+    from bot.services.plugins import PLUGIN_ERRORS, NotOwner
 
     if isinstance(exc, NotOwner):
         return "⚠️ Only the bot's owners can manage plugins."
-    if isinstance(exc, PluginServiceError | PluginHostError):
+    if isinstance(exc, PLUGIN_ERRORS):
         return texts.clip(f"⚠️ {exc}")
     from bot.discord.errors import friendly
 
+    log.error("%s failed", command, exc_info=(type(exc), exc, exc.__traceback__))
     return f"⚠️ {friendly(exc)}"
 
 
@@ -68,18 +69,14 @@ class PluginCog(commands.Cog):
 
     # -- helpers -------------------------------------------------------------------------
     async def _call(self, interaction: discord.Interaction, method: str, *args: Any) -> Any:
-        """Run a service method for this user off the event loop; answer its error."""
+        """Run the service's (blocking, synchronous) ``method`` for this user off the event
+        loop; answer its error and return None. The cog's one error handler."""
         try:
             return await asyncio.to_thread(
                 getattr(self.service, method), interaction.user.id, *args
             )
         except Exception as exc:
-            from bot.services.plugins import PluginServiceError
-            from runner.plugin_host import PluginHostError
-
-            if not isinstance(exc, PluginServiceError | PluginHostError):
-                log.exception("/plugin %s failed", method)
-            await say(interaction, error_text(exc), view=None)
+            await say(interaction, error_text(exc, f"/plugin {method}"), view=None)
             return None
 
     async def _confirmed(self, interaction: discord.Interaction, text: str, label: str) -> bool:

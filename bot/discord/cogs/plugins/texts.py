@@ -41,11 +41,9 @@ def list_text(statuses: list[Any]) -> str:
 def info_text(status: Any) -> str:
     """/plugin info: every field that has a value."""
     lines = [f"**{status.name}** ({status.kind}) — {status.status}"]
-    for key, value in status.to_dict().items():
-        if key in ("name", "kind", "status") or value in (None, [], "", ()):
-            continue
-        shown = ", ".join(value) if isinstance(value, list) else value
-        lines.append(f"{key.replace('_', ' ')}: {shown}")
+    for key, shown in status.shown_fields():
+        if key not in ("name", "kind", "status"):
+            lines.append(f"{key.replace('_', ' ')}: {shown}")
     return clip("\n".join(lines))
 
 
