@@ -46,6 +46,7 @@ from runner.plugin_host import (
     FAILED,
     PluginEvent,
     PluginHost,
+    PluginHostError,
     PluginRecord,
     PluginSource,
     discover_plugins,
@@ -73,9 +74,9 @@ class PluginService:
         self.settings = settings
         self.db = db
         self.host = host
-        self.pip = PipInstaller(settings)
-        self.prefix: Path = self.pip.prefix
-        self.site_dirs = self.pip.site_dirs
+        self.installer = PipInstaller(settings)
+        self.prefix: Path = self.installer.prefix
+        self.site_dirs = self.installer.site_dirs
         self.dropin_dir: Path = Path(settings.plugins_root)
         self._listeners: list[Callable[[PluginEvent], None]] = []
         if host is not None:
@@ -221,7 +222,7 @@ class PluginService:
             )
             raise InstallsDisabled()
         try:
-            return self.pip.check_spec(spec)
+            return self.installer.check_spec(spec)
         except SpecRefused as exc:
             self._audit(actor_id, "install", spec, {"ok": False, "error": exc.reason})
             raise
@@ -229,7 +230,7 @@ class PluginService:
     def plan_install(self, actor_id: int, spec: str) -> InstallPlan:
         """What pip would install for ``spec`` (``pip install --dry-run --report -``), for
         the confirmation step. Owners only; raises like :meth:`install`."""
-        return self.pip.plan(spec, self._prepare(actor_id, spec))
+        return self.installer.plan(spec, self._prepare(actor_id, spec))
 
     def install(self, actor_id: int, spec: str) -> InstallResult:
         """Install ``spec`` with pip into the plugin packages folder, record it, and load it
@@ -238,17 +239,17 @@ class PluginService:
         :class:`PipTimedOut`; ``spec`` must be a requirement, or a URL or path when
         ``plugin_allow_urls`` is on. Owners only; audited."""
         target = self._prepare(actor_id, spec)
-        if not self.pip.lock.acquire(blocking=False):
+        if not self.installer.lock.acquire(blocking=False):
             raise InstallBusy(spec)
         try:
             return self._install(actor_id, spec, target)
         finally:
-            self.pip.lock.release()
+            self.installer.lock.release()
 
     def _install(self, actor_id: int, spec: str, target: str) -> InstallResult:
         started = time.perf_counter()
         try:
-            packages, summary = self.pip.install(spec, target)
+            packages, summary = self.installer.install(spec, target)
         except PipTimedOut as exc:
             self._audit(actor_id, "install", spec, {"ok": False, "error": str(exc)})
             raise
@@ -380,7 +381,7 @@ class PluginService:
         if self.host is not None:
             try:
                 return self.host.get(name)
-            except Exception:
+            except PluginHostError:  # not loaded here: look on disk
                 pass
         return self._discover().get(name)
 
@@ -392,7 +393,7 @@ class PluginService:
         fails to import if it really needs them)."""
         if not (self.settings.plugin_dropin_requirements and self.settings.plugin_installs_enabled):
             return
-        for folder, details in self.pip.dropin_requirements(self.dropin_dir):
+        for folder, details in self.installer.dropin_requirements(self.dropin_dir):
             self._audit(LOCAL_OPERATOR, "requirements", folder, details)
             if not details["ok"] and "pip" in details:
                 log.warning("requirements of drop-in %s failed:\n%s", folder, details["pip"])
