@@ -6,7 +6,8 @@ The life of a job::
 
     service = JobService.create(db, settings, env, poster=post_result)
     service.start()                         # recovery: requeue, post what was not posted
-    sub = await service.asubmit(user_id, request, channel_id=...)   # stored, then queued
+    sub = service.submit(user_id, request, channel_id=...)   # stored, then queued
+    # from the event loop: await asyncio.to_thread(service.submit, user_id, request, ...)
     async for event in throttled(service.subscribe(sub.job_id), 2.0): ...
     ...
     service.stop()
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import inspect
 import logging
 import threading
@@ -196,8 +196,8 @@ class _Staged:
 class JobService:
     """Jobs stored in the database and run by a :class:`runner.jobs.JobRunner`.
 
-    Every method that touches the database has a blocking form (for the command line
-    and the worker threads) and an ``a``-prefixed form for the event loop.
+    Every method that touches the database blocks: the event loop calls them with
+    ``await asyncio.to_thread(service.method, ...)``.
     """
 
     def __init__(
@@ -268,11 +268,15 @@ class JobService:
         )
 
     # Starting and stopping ----------------------------------------------------------------
-    def start(self) -> RecoveryReport:
+    def start(self, *, loop: asyncio.AbstractEventLoop | None = None) -> RecoveryReport:
         """Recover from the last run and start the workers: jobs that were running are
         queued again (they run from the start), every waiting job is queued in its
         order, finished results that were never posted are posted, and a pause an owner
-        set stays in force. Blocking: call :meth:`astart` from the event loop."""
+        set stays in force. Blocking: from the event loop, call
+        ``await asyncio.to_thread(service.start, loop=asyncio.get_running_loop())``;
+        ``loop`` (if given and none was set) is where an async poster runs."""
+        if loop is not None and self.loop is None:
+            self.loop = loop
         requeued, jobs, unposted = self.db.run_sync(self._recover_tx)
         paused = self.db.read_sync(_paused_in_audit)
         if paused:
@@ -292,13 +296,6 @@ class JobService:
             )
         return RecoveryReport(requeued, [int(s.job_id) for s in jobs], unposted, paused)
 
-    async def astart(self) -> RecoveryReport:
-        """:meth:`start` without blocking the event loop; remembers the loop for async
-        posters."""
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self.start)
-
     def stop(self, *, timeout: float | None = 30.0) -> None:
         """Stop the workers (a running job finishes first, within ``timeout``) and the
         posting thread. Jobs still waiting stay queued in the database."""
@@ -306,10 +303,6 @@ class JobService:
         if self.backend is not None:
             self.backend.stop()
         self._post_pool.shutdown(wait=True)
-
-    async def astop(self, *, timeout: float | None = 30.0) -> None:
-        """:meth:`stop` without blocking the event loop."""
-        await asyncio.to_thread(functools.partial(self.stop, timeout=timeout))
 
     def _recover_tx(self, session: Session) -> tuple[list[int], list[JobSpec], list[int]]:
         requeued = []
@@ -399,7 +392,7 @@ class JobService:
         if waiting >= limit:
             raise QueueFull(user_id, waiting, limit)
         family = prepare.pop("family", None)
-        prepared = self.history._prepare_tx(session, user_id, request, family=family, **prepare)
+        prepared = self.history.prepare_in_session(session, user_id, request, family=family, **prepare)
         stored_request = (
             prepared.request.model_dump(mode="json") if prepared.request is not None else {}
         )
@@ -448,10 +441,6 @@ class JobService:
         )
         return self._enqueue(job, prepared, previews)
 
-    async def asubmit(self, user_id: int, request: GenerationRequest, **kwargs: Any) -> Submission:
-        """:meth:`submit` for the event loop (the database work runs in a thread)."""
-        return await asyncio.to_thread(functools.partial(self.submit, user_id, request, **kwargs))
-
     def _enqueue(self, job: Job, prepared: Any, previews: bool) -> Submission:
         spec = make_job(
             str(job.id),
@@ -484,10 +473,6 @@ class JobService:
                 JobOutcome(str(job_id), CANCELLED, error="cancelled while waiting"),
             )
             return "queued"
-
-    async def acancel(self, job_id: int, user_id: int, *, admin: bool = False) -> str:
-        """:meth:`cancel` for the event loop."""
-        return await asyncio.to_thread(functools.partial(self.cancel, job_id, user_id, admin=admin))
 
     def _own_job(self, job_id: int, user_id: int | None, admin: bool) -> Job:
         try:
@@ -533,18 +518,6 @@ class JobService:
             details={"jobs": [int(j.job_id) for j in cleared]},
         )
         return len(cleared)
-
-    async def apause(self, actor_id: int | None, *, force: bool = False) -> None:
-        """:meth:`pause` for the event loop."""
-        await asyncio.to_thread(functools.partial(self.pause, actor_id, force=force))
-
-    async def aresume(self, actor_id: int | None, *, force: bool = False) -> None:
-        """:meth:`resume` for the event loop."""
-        await asyncio.to_thread(functools.partial(self.resume, actor_id, force=force))
-
-    async def aclear(self, actor_id: int | None, *, force: bool = False) -> int:
-        """:meth:`clear` for the event loop."""
-        return await asyncio.to_thread(functools.partial(self.clear, actor_id, force=force))
 
     @property
     def paused(self) -> bool:
@@ -623,18 +596,6 @@ class JobService:
             self._post_pool.submit(lambda: None).result(timeout)
         except RuntimeError:  # stopped: nothing more is posted in this run
             return True
-        except TimeoutError:
-            return False
-        return True
-
-    async def aflush_posts(self, timeout: float | None = None) -> bool:
-        """:meth:`flush_posts` for the event loop (holds no thread while it waits)."""
-        try:
-            future = self._post_pool.submit(lambda: None)
-        except RuntimeError:
-            return True
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             return False
         return True
@@ -721,7 +682,7 @@ class JobService:
                         error = JobCancelled(outcome.error or "cancelled")
                     elif status is JobStatus.FAILED:
                         error = RuntimeError(outcome.error or "failed")
-                    self.history._record_tx(
+                    self.history.record_in_session(
                         session, job.generation_id, staged, outcome.seconds, error
                     )
         db_jobs.set_job_status(
@@ -752,7 +713,7 @@ class JobService:
             if inspect.isawaitable(message_id):
                 if self.loop is None:
                     raise RuntimeError(
-                        "an async poster needs the service's event loop (use astart)"
+                        "an async poster needs the service's event loop (start(loop=...))"
                     )
                 message_id = asyncio.run_coroutine_threadsafe(
                     _await(message_id), self.loop
