@@ -5,6 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The data layer's errors reach the service's callers unchanged; the edges (bot, command
+# line) import them from here rather than from ``db``.
+from db.errors import (
+    DbError,
+    FamilyMismatch,
+    Forbidden,
+    InvalidName,
+    InvalidTransition,
+    InvalidValue,
+    NameTaken,
+    NotFound,
+)
+
 
 class ServiceError(Exception):
     """Base class of every error the service layer raises on purpose."""
@@ -26,4 +39,16 @@ class UnsafeStoredPath(ServiceError):
         super().__init__(f"stored path {path!r} points outside the data folder; refusing to use it")
 
 
-__all__ = ["ExportTargetNotEmpty", "ServiceError", "UnsafeStoredPath"]
+__all__ = [
+    "DbError",
+    "ExportTargetNotEmpty",
+    "FamilyMismatch",
+    "Forbidden",
+    "InvalidName",
+    "InvalidTransition",
+    "InvalidValue",
+    "NameTaken",
+    "NotFound",
+    "ServiceError",
+    "UnsafeStoredPath",
+]

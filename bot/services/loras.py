@@ -366,6 +366,10 @@ class LoraLibrary:
             db_loras.list_loras, user_id, include_shared=include_shared, family=family
         )
 
+    def list_all(self) -> list[Lora]:
+        """Every user's LoRAs, shared or not, by owner then name (``easel lora list``)."""
+        return self.db.read_sync(db_loras.list_all_loras)
+
     def get(self, user_id: int, name: str) -> Lora:
         """The LoRA ``name`` as ``user_id`` sees it (own first, then shared);
         :class:`db.errors.NotFound` otherwise."""

@@ -24,6 +24,7 @@ from bot.services.storage import delete_unreferenced, place_file, stored_path, w
 from db import userdata as db_userdata
 from db.engine import Database
 from db.results import StoredFile
+from db.userdata import row_to_dict
 from runner.settings import EngineSettings
 
 EXPORT_DOCUMENT = "easel-user-data.json"
@@ -117,6 +118,17 @@ def export_user(
     document = db.read_sync(_export_document, user_id)
     folder = _check_target(out_dir)
     return _write_export(settings, user_id, folder, document)
+
+
+def list_users(db: Database, *, page: int = 1, per_page: int = 50) -> tuple[int, list[dict[str, Any]]]:
+    """How many users are known, and page ``page`` (from 1) of them with how much each
+    has stored (see :func:`db.userdata.user_summaries`)."""
+    return db.read_sync(db_userdata.user_summaries, offset=(page - 1) * per_page, limit=per_page)
+
+
+def stored_rows(db: Database, user_id: int) -> dict[str, int]:
+    """How many rows of each table belong to ``user_id`` (all zeros once forgotten)."""
+    return db.read_sync(db_userdata.user_row_counts, user_id)
 
 
 # ---------------------------------------------------------------------------- forget
@@ -218,4 +230,7 @@ __all__ = [
     "default_forget_plugin_manager",
     "export_user",
     "forget_user",
+    "list_users",
+    "row_to_dict",
+    "stored_rows",
 ]

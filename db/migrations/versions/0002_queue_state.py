@@ -10,6 +10,7 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import sqlalchemy as sa
 from alembic import op
 
