@@ -21,6 +21,9 @@ Output images are moved from the runner's output folder to ``DATA_DIR/images/<sh
 paths in ``RunResult.images`` are gone: use :meth:`History.output_paths`. Each
 generation's ``SaveImage`` nodes get the prefix ``easel-g<id>``, so that a node cache hit
 in the runner never hands back the file of an earlier generation.
+
+(One concern, a generation's record from submission to deletion, so one module of
+about 500 lines; the job side lives in :mod:`bot.services.jobs`.)
 """
 
 from __future__ import annotations
