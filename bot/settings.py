@@ -175,9 +175,10 @@ class Settings(EngineSettings):
         "anyway (it then runs again at the next start).",
     )
 
-    @field_validator("admin_role_ids", "banned_user_ids", mode="before")
+    @field_validator("owner_ids", "guild_ids", "admin_role_ids", "banned_user_ids", mode="before")
     @classmethod
-    def _split_more_ids(cls, value: object) -> object:
+    def _split_ids(cls, value: object) -> object:
+        """Id lists from the environment: ``"1, 2;3"`` or one id."""
         value = _split(value)
         return [int(v) for v in value] if isinstance(value, list) else value
 
@@ -198,15 +199,6 @@ class Settings(EngineSettings):
             import shlex
 
             return shlex.split(value)
-        return value
-
-    @field_validator("owner_ids", "guild_ids", mode="before")
-    @classmethod
-    def _split_ids(cls, value):
-        if isinstance(value, str):
-            return [int(v) for v in value.replace(";", ",").split(",") if v.strip()]
-        if isinstance(value, int):
-            return [value]
         return value
 
     @property

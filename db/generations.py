@@ -14,10 +14,11 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.base import MAX_SEED, utcnow
-from db.errors import InvalidTransition, InvalidValue, NotFound
+from db.errors import InvalidValue, NotFound
 from db.functions import casefold
 from db.models import Generation, GenerationOutput, JobStatus
 from db.results import Page, StoredFile
+from db.status import advance, parse_status
 from db.users import get_or_create_user
 
 MAX_PAGE_SIZE = 100
@@ -25,14 +26,6 @@ MAX_PAGE_SIZE = 100
 
 def _select() -> Select[tuple[Generation]]:
     return select(Generation).options(selectinload(Generation.outputs))
-
-
-def _status(value: JobStatus | str) -> JobStatus:
-    try:
-        return JobStatus(value)
-    except ValueError:
-        choices = ", ".join(s.value for s in JobStatus)
-        raise InvalidValue("status", value, f"must be one of {choices}") from None
 
 
 def record_generation(
@@ -63,7 +56,7 @@ def record_generation(
         raise InvalidValue("workflow", workflow, "expected a JSON object")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidValue("seed", seed, f"must be between 0 and {MAX_SEED}")
-    status = _status(status)
+    status = parse_status(status)
     get_or_create_user(session, user_id)
     if parent_id is not None and session.get(Generation, parent_id) is None:
         raise NotFound("generation", parent_id)
@@ -135,14 +128,12 @@ def set_generation_status(
     error: str | None = None,
     at: datetime | None = None,
 ) -> Generation:
-    """Move a generation to ``status``, stamping ``started_at`` (running) or
-    ``finished_at`` (done, failed, cancelled). A finished generation stays finished:
-    :class:`InvalidTransition`."""
-    status = _status(status)
+    """Move a generation to ``status`` (the rules: :mod:`db.status`), stamping
+    ``started_at`` (running) or ``finished_at`` (done, failed, cancelled). A finished
+    generation stays finished: :class:`InvalidTransition`. A job's generation moves
+    with it through :func:`db.jobs.move_job`."""
     generation = _require(session, generation_id)
-    if generation.status.finished and status is not generation.status:
-        raise InvalidTransition("generation", generation_id, generation.status, status)
-    at = at or utcnow()
+    status, at = advance("generation", generation_id, generation.status, status, at)
     generation.status = status
     if status is JobStatus.QUEUED:
         generation.queued_at = generation.queued_at or at
@@ -212,7 +203,7 @@ def history(
         needle = prompt_contains.casefold()
         conditions.append(casefold(Generation.prompt).contains(needle, autoescape=True))
     if status is not None:
-        conditions.append(Generation.status == _status(status))
+        conditions.append(Generation.status == parse_status(status))
     total = session.scalar(select(func.count()).select_from(Generation).where(*conditions)) or 0
     items = list(
         session.scalars(

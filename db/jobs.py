@@ -11,19 +11,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.errors import InvalidTransition, InvalidValue, NotFound
+from db.errors import InvalidValue, NotFound
+from db.generations import set_generation_status
 from db.models import Generation, Job, JobStatus
+from db.status import advance, parse_status
 from db.users import get_or_create_user
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-def _status(value: JobStatus | str) -> JobStatus:
-    try:
-        return JobStatus(value)
-    except ValueError:
-        choices = ", ".join(s.value for s in JobStatus)
-        raise InvalidValue("status", value, f"must be one of {choices}") from None
 
 
 def create_job(
@@ -79,11 +73,8 @@ def set_job_status(
     cancelled stamp ``finished_at``. A finished job cannot change again:
     :class:`InvalidTransition`.
     """
-    status = _status(status)
     job = get_job(session, job_id)
-    if job.status.finished and status is not job.status:
-        raise InvalidTransition("job", job_id, job.status, status)
-    at = at or utcnow()
+    status, at = advance("job", job_id, job.status, status, at)
     if status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
         job.attempts += 1
         job.started_at = at
@@ -98,6 +89,32 @@ def set_job_status(
         job.error = error
     job.updated_at = at
     session.flush()
+    return job
+
+
+def move_job(
+    session: Session,
+    job_id: int,
+    status: JobStatus | str,
+    *,
+    error: str | None = None,
+    worker: str | None = None,
+    at: datetime | None = None,
+) -> Job:
+    """Move a job to ``status`` and its generation (if it has one) with it, in one
+    step: the two never disagree about whether the work waits, runs or ended.
+
+    The ``error`` goes on the generation too when the job ends (a requeue's reason is
+    the job's alone). (A finished generation's outputs
+    are recorded by :meth:`bot.services.history.History.record_in_session`, which moves
+    the generation itself; the job follows with :func:`set_job_status`.)
+    """
+    status = parse_status(status)
+    at = at or utcnow()
+    job = set_job_status(session, job_id, status, error=error, worker=worker, at=at)
+    if job.generation_id is not None:
+        ended = error if status.finished else None
+        set_generation_status(session, job.generation_id, status, error=ended, at=at)
     return job
 
 
@@ -131,7 +148,7 @@ def list_jobs(
     restart."""
     stmt = select(Job)
     if statuses is not None:
-        stmt = stmt.where(Job.status.in_([_status(s) for s in statuses]))
+        stmt = stmt.where(Job.status.in_([parse_status(s) for s in statuses]))
     if user_id is not None:
         stmt = stmt.where(Job.user_id == user_id)
     stmt = stmt.order_by(Job.priority.desc(), Job.created_at, Job.id)
@@ -147,4 +164,33 @@ def count_active_jobs(session: Session, user_id: int) -> int:
             select(func.count()).where(Job.user_id == user_id, Job.status.in_(ACTIVE_STATUSES))
         )
         or 0
+    )
+
+
+def unposted_job_ids(session: Session) -> list[int]:
+    """Ids of the finished (done or failed) jobs whose result was never posted, oldest
+    first: posted at the next start."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status.in_([JobStatus.DONE, JobStatus.FAILED]), Job.posted.is_(False))
+            .order_by(Job.id)
+        )
+    )
+
+
+def recent_done_jobs(session: Session, limit: int = 20) -> list[Job]:
+    """The last ``limit`` jobs that ran to the end (with start and finish times), newest
+    first: the step timings of the previous run."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.status == JobStatus.DONE,
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+            .order_by(Job.finished_at.desc())
+            .limit(limit)
+        )
     )

@@ -169,6 +169,11 @@ def list_loras(
     return list(session.scalars(stmt.order_by(own_first, Lora.name, Lora.id)))
 
 
+def list_all_loras(session: Session) -> list[Lora]:
+    """Every user's LoRAs, shared or not, by owner then name (for operators)."""
+    return list(session.scalars(select(Lora).order_by(Lora.owner_id, Lora.name, Lora.id)))
+
+
 def get_lora(session: Session, user_id: int, name: str) -> Lora:
     """The LoRA ``name`` as ``user_id`` sees it: their own first, then a shared one.
 

@@ -1,5 +1,5 @@
 """The tables: users and their settings, LoRAs, generations and their outputs, jobs,
-installed plugins and the audit log.
+installed plugins, the audit log and the queue's stored state.
 
 Discord ids are the users' primary keys. Files (images, LoRAs) live on disk under the
 data folder, named by content hash; rows hold the relative path and the sha256.
@@ -323,6 +323,19 @@ class AuditEntry(Base):
     created_at: Mapped[created_ts] = mapped_column(index=True)
 
 
+class QueueState(Base):
+    """The job queue's state that outlives a restart: one row (``id`` 1), absent until
+    an owner first pauses or resumes. ``changed_by`` is the Discord id of who did."""
+
+    __tablename__ = "queue_state"
+    __repr_attrs__ = ("paused", "changed_by")
+
+    id: Mapped[intpk]
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    changed_by: Mapped[Optional[int]] = mapped_column(BigInteger)
+    updated_at: Mapped[updated_ts]
+
+
 #: Every mapped class, in an order where parents come before children.
 ALL_MODELS: tuple[type[Base], ...] = (
     User,
@@ -333,6 +346,7 @@ ALL_MODELS: tuple[type[Base], ...] = (
     Job,
     InstalledPlugin,
     AuditEntry,
+    QueueState,
 )
 
 __all__ = [
@@ -345,6 +359,7 @@ __all__ = [
     "JobStatus",
     "Lora",
     "LoraFamily",
+    "QueueState",
     "SeedPolicy",
     "User",
     "UserSettings",

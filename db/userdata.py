@@ -19,6 +19,7 @@ from db.generations import count_init_image_references, count_output_references
 from db.loras import count_lora_file_references
 from db.models import AuditEntry, Generation, GenerationOutput, Job, Lora, User, UserSettings
 from db.results import StoredFile
+from db.users import count_users, list_users
 
 EXPORT_FORMAT = "easel.user-export"
 EXPORT_VERSION = 1
@@ -185,3 +186,26 @@ def user_row_counts(session: Session, user_id: int) -> dict[str, int]:
         "audit_log": select(func.count()).where(AuditEntry.actor_id == user_id),
     }
     return {table: session.scalar(stmt) or 0 for table, stmt in checks.items()}
+
+
+def user_summaries(
+    session: Session, *, offset: int = 0, limit: int = 100
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many users are known, and one page of them (by Discord id) with how much
+    each has stored: ``id``, ``display_name``, ``loras``, ``generations``, ``jobs``,
+    ``last_seen_at`` (ISO 8601) and ``seed_policy``."""
+    items = []
+    for user in list_users(session, offset=offset, limit=limit):
+        counts = user_row_counts(session, user.id)
+        items.append(
+            {
+                "id": user.id,
+                "display_name": user.display_name,
+                "loras": counts["loras"],
+                "generations": counts["generations"],
+                "jobs": counts["jobs"],
+                "last_seen_at": user.last_seen_at.isoformat() if user.last_seen_at else None,
+                "seed_policy": user.settings.seed_policy.value if user.settings else None,
+            }
+        )
+    return count_users(session), items

@@ -26,9 +26,9 @@ async def run_bot(settings, env, *, sync: bool) -> None:
     """Open the database (migrations applied, off the event loop), then run the bot until
     it is closed or the process gets SIGTERM/SIGINT."""
     from bot.discord.client import EaselBot
-    from bot.services.database import aopen_database
+    from bot.services.database import open_database
 
-    database = await aopen_database(settings)
+    database = await asyncio.to_thread(open_database, settings)
     async with database:
         jobs = make_job_service(settings, env, database)
         bot = EaselBot(settings=settings, env=env, database=database, jobs=jobs, sync=sync)

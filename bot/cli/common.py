@@ -84,41 +84,71 @@ def _database_exists(settings) -> bool:
     return (settings.data_dir / "easel.sqlite3").is_file()
 
 
+def explain_error(exc: BaseException) -> tuple[str, int] | None:
+    """The one mapping of easel's errors (runner, services, data layer) to a line for
+    stderr and an exit code: bad input 2, a failure 1, cancelled 130. None for an error
+    that is not easel's (click's own, or a bug: let it propagate)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.services.errors import DbError, Forbidden, NameTaken, NotFound, ServiceError
+    from bot.services.lora_files import FamilyUnknown, LoraFileError
+    from runner.errors import (
+        EaselError,
+        JobCancelled,
+        ModelError,
+        NodeExecutionError,
+        TemplateError,
+        WorkflowError,
+        WorkflowInvalid,
+    )
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_CANCELLED
+    if isinstance(exc, JobCancelled):
+        return f"cancelled: {exc}", EXIT_CANCELLED
+    if isinstance(exc, WorkflowInvalid | WorkflowError | TemplateError | ModelError):
+        return f"error: {exc}", EXIT_BAD_INPUT
+    if isinstance(exc, NodeExecutionError):
+        return f"error: {exc}", EXIT_FAILED
+    if isinstance(exc, SQLAlchemyError):
+        return f"error: database problem: {exc}", EXIT_FAILED
+    if isinstance(exc, NotFound):
+        return f"error: no {exc.kind} {exc.value!r} found", EXIT_BAD_INPUT
+    if isinstance(exc, NameTaken):
+        owner = f"user {exc.owner_id}" if exc.owner_id is not None else "the owner"
+        return f"error: {owner} already has a {exc.kind} named {exc.name!r}", EXIT_BAD_INPUT
+    if isinstance(exc, Forbidden):
+        return (
+            f"error: {exc.kind} {exc.value!r} is another user's shared {exc.kind}; only its "
+            f"owner may {exc.action} it",
+            EXIT_BAD_INPUT,
+        )
+    if isinstance(exc, FamilyUnknown):
+        return f"error: LoRA refused: {exc} (with --model)", EXIT_BAD_INPUT
+    if isinstance(exc, LoraFileError):
+        return f"error: LoRA refused: {exc}", EXIT_BAD_INPUT
+    if isinstance(exc, DbError | ServiceError):
+        return f"error: {exc}", EXIT_BAD_INPUT
+    if isinstance(exc, EaselError):
+        return f"error: {exc}", EXIT_FAILED
+    return None
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn easel's errors into one clear message on stderr and a non-zero exit code."""
+    """Turn easel's errors into one clear message on stderr and a non-zero exit code
+    (:func:`explain_error`); every command uses it."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from runner.errors import (
-            EaselError,
-            JobCancelled,
-            ModelError,
-            NodeExecutionError,
-            TemplateError,
-            WorkflowError,
-            WorkflowInvalid,
-        )
-
         try:
             return fn(*args, **kwargs)
-        except WorkflowInvalid as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except (WorkflowError, TemplateError, ModelError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        except NodeExecutionError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except JobCancelled as exc:
-            click.echo(f"cancelled: {exc}", err=True)
-            sys.exit(EXIT_CANCELLED)
-        except EaselError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_CANCELLED)
+        except (Exception, KeyboardInterrupt) as exc:
+            explained = explain_error(exc)
+            if explained is None:
+                raise
+            message, code = explained
+            click.echo(message, err=True)
+            sys.exit(code)
 
     return wrapper
 

@@ -1,73 +1,25 @@
 """Operator commands for stored data: ``easel users``, ``easel history``, ``easel lora
 add|list|remove``, ``easel export``, ``easel forget`` and ``easel db upgrade``.
 
-Each opens the database of the settings in force and applies migrations first. Errors
-from the data layer and the services become one sentence on stderr and exit code 2 (bad
-input) or 1 (failure).
+Each opens the database of the settings in force and applies migrations first, and
+works through the services (never ``db`` directly). Errors become one sentence on
+stderr and exit code 2 (bad input) or 1 (failure): :func:`bot.cli.common.handle_errors`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bot.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, load_settings
+from bot.cli.common import EXIT_FAILED, handle_errors, load_settings
 
 USER_ID = click.IntRange(0, 2**63 - 1)
-
-
-def _sentence(exc: Exception) -> tuple[str, int]:
-    """An error from the data layer or the services as a sentence and an exit code."""
-    from bot.services.errors import ServiceError
-    from bot.services.lora_files import FamilyUnknown, LoraFileError
-    from db.errors import DbError, Forbidden, NameTaken, NotFound
-    from runner.errors import EaselError
-
-    if isinstance(exc, NotFound):
-        return f"no {exc.kind} {exc.value!r} found", EXIT_BAD_INPUT
-    if isinstance(exc, NameTaken):
-        owner = f"user {exc.owner_id}" if exc.owner_id is not None else "the owner"
-        return f"{owner} already has a {exc.kind} named {exc.name!r}", EXIT_BAD_INPUT
-    if isinstance(exc, Forbidden):
-        return (
-            f"{exc.kind} {exc.value!r} is another user's shared {exc.kind}; only its owner may "
-            f"{exc.action} it",
-            EXIT_BAD_INPUT,
-        )
-    if isinstance(exc, FamilyUnknown):
-        return f"LoRA refused: {exc} (with --model)", EXIT_BAD_INPUT
-    if isinstance(exc, LoraFileError):
-        return f"LoRA refused: {exc}", EXIT_BAD_INPUT
-    if isinstance(exc, DbError | ServiceError | EaselError):
-        return str(exc), EXIT_BAD_INPUT
-    raise exc
-
-
-def data_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the data layer's and the services' errors into one clear line on stderr."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            return fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            click.echo(f"error: database problem: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-        except Exception as exc:
-            message, code = _sentence(exc)
-            click.echo(f"error: {message}", err=True)
-            sys.exit(code)
-
-    return wrapper
 
 
 @contextmanager
@@ -98,32 +50,13 @@ def _when(value: Any) -> str:
 @click.option("--page", type=click.IntRange(1, None), default=1, show_default=True)
 @click.option("--per-page", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@data_errors
+@handle_errors
 def users(page: int, per_page: int, as_json: bool) -> None:
     """List the users the bot knows, with how much each has stored."""
-    from db import userdata as db_userdata
-    from db import users as db_users
-
-    def listing(session: Any) -> tuple[int, list[dict[str, Any]]]:
-        rows = db_users.list_users(session, offset=(page - 1) * per_page, limit=per_page)
-        items = []
-        for user in rows:
-            counts = db_userdata.user_row_counts(session, user.id)
-            items.append(
-                {
-                    "id": user.id,
-                    "display_name": user.display_name,
-                    "loras": counts["loras"],
-                    "generations": counts["generations"],
-                    "jobs": counts["jobs"],
-                    "last_seen_at": user.last_seen_at.isoformat() if user.last_seen_at else None,
-                    "seed_policy": user.settings.seed_policy.value if user.settings else None,
-                }
-            )
-        return db_users.count_users(session), items
+    from bot.services.userdata import list_users
 
     with opened_database(load_settings()) as db:
-        total, items = db.read_sync(listing)
+        total, items = list_users(db, page=page, per_page=per_page)
     if as_json:
         click.echo(json.dumps({"total": total, "page": page, "users": items}, indent=2))
         return
@@ -150,11 +83,11 @@ def users(page: int, per_page: int, as_json: bool) -> None:
 @click.option("--page", type=click.IntRange(1, None), default=1, show_default=True)
 @click.option("--per-page", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the full workflows).")
-@data_errors
+@handle_errors
 def history(user_id: int, query: str | None, page: int, per_page: int, as_json: bool) -> None:
     """Show one user's generations, newest first."""
     from bot.services.history import History
-    from db.userdata import row_to_dict
+    from bot.services.userdata import row_to_dict
 
     settings = load_settings()
     with opened_database(settings) as db:
@@ -205,7 +138,7 @@ def lora() -> None:
 @click.option("--weight", type=float, default=1.0, show_default=True, help="Default weight.")
 @click.option("--shared", is_flag=True, help="Let every user use it.")
 @click.option("--model", help="The checkpoint it is for: a LoRA of another family is refused.")
-@data_errors
+@handle_errors
 def lora_add(
     file: Path,
     user_id: int,
@@ -241,26 +174,16 @@ def lora_add(
 @lora.command("list")
 @click.option("--user", "user_id", type=USER_ID, help="Only what this user may use (own + shared).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@data_errors
+@handle_errors
 def lora_list(user_id: int | None, as_json: bool) -> None:
     """List LoRAs: every user's, or those one user may use."""
-    from db import loras as db_loras
-    from db import users as db_users
-    from db.userdata import row_to_dict
+    from bot.services.loras import LoraLibrary
+    from bot.services.userdata import row_to_dict
 
-    def everything(session: Any) -> list[Any]:
-        found, offset = [], 0
-        while batch := db_users.list_users(session, offset=offset, limit=100):
-            for user in batch:
-                found.extend(db_loras.list_loras(session, user.id, include_shared=False))
-            offset += len(batch)
-        return found
-
-    with opened_database(load_settings()) as db:
-        if user_id is None:
-            rows = db.read_sync(everything)
-        else:
-            rows = db.read_sync(db_loras.list_loras, user_id)
+    settings = load_settings()
+    with opened_database(settings) as db:
+        library = LoraLibrary(db, settings)
+        rows = library.list_all() if user_id is None else library.list_visible(user_id)
     if as_json:
         click.echo(json.dumps([row_to_dict(r) for r in rows], indent=2))
         return
@@ -282,7 +205,7 @@ def lora_list(user_id: int | None, as_json: bool) -> None:
 @click.option(
     "--user", "user_id", type=USER_ID, required=True, help="Discord user id of the owner."
 )
-@data_errors
+@handle_errors
 def lora_remove(name: str, user_id: int) -> None:
     """Remove LoRA NAME from a user's library (the file goes when no one else has it)."""
     from bot.services.loras import LoraLibrary
@@ -306,7 +229,7 @@ def lora_remove(name: str, user_id: int) -> None:
     required=True,
     help="A new or empty folder.",
 )
-@data_errors
+@handle_errors
 def export(user_id: int, out_dir: Path) -> None:
     """Export everything stored about a user: a JSON document and copies of their files."""
     from bot.services.userdata import export_user
@@ -336,15 +259,14 @@ def plugin_runtime(settings: Any, db: Any) -> Any:
 @click.command()
 @click.option("--user", "user_id", type=USER_ID, required=True, help="Discord user id.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@data_errors
+@handle_errors
 def forget(user_id: int, yes: bool) -> None:
     """Delete everything stored about a user: rows, files no one else uses, and plugin data."""
-    from bot.services.userdata import forget_user
-    from db.userdata import user_row_counts
+    from bot.services.userdata import forget_user, stored_rows
 
     settings = load_settings()
     with opened_database(settings) as db:
-        counts = db.read_sync(user_row_counts, user_id)
+        counts = stored_rows(db, user_id)
         stored = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no rows"
         if not yes:
             click.confirm(
@@ -388,7 +310,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@data_errors
+@handle_errors
 def db_upgrade() -> None:
     """Apply the database migrations up to the newest (also done at every start)."""
     from sqlalchemy.engine import make_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -203,13 +204,22 @@ def generate(
         return
     click.echo(f"seed {request.seed}", err=True)
     if (backend or settings.backend) == "ray":
-        from bot.cli.queue_commands import run_on_ray
+        from runner.jobs.ray_run import run_on_ray
+
+        def on_ray(on_event: Any) -> list[str]:
+            return run_on_ray(
+                settings,
+                workflow,
+                address=ray_address,
+                lora_resolver=env.models.lora_path,
+                on_event=on_event,
+            )
 
         if events:
-            images = run_on_ray(settings, env, workflow, ray_address=ray_address, on_event=JsonlEvents())
+            images = on_ray(JsonlEvents())
         else:
             with ProgressDisplay() as display:
-                images = run_on_ray(settings, env, workflow, ray_address=ray_address, on_event=display)
+                images = on_ray(display)
     elif events:
         images = env.run(workflow, on_event=JsonlEvents()).images
     else:

@@ -64,9 +64,8 @@ class ProgressDisplay:
 class JsonlEvents:
     """Writes every event as one JSON object per line."""
 
-    def __init__(self, stream: TextIO = sys.stdout, previews: bool = False):
+    def __init__(self, stream: TextIO = sys.stdout):
         self.stream = stream
-        self.previews = previews
 
     def __call__(self, event) -> None:
         data = event.to_dict()

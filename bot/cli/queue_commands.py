@@ -1,5 +1,6 @@
-"""``easel queue`` (what waits and runs, from the database), ``easel worker`` (Ray worker
-actors for this machine's GPUs) and the Ray path of ``easel generate``."""
+"""``easel queue`` (what waits and runs, from the database) and ``easel worker`` (Ray
+worker actors for this machine's GPUs). The Ray path of ``easel generate`` is
+:func:`runner.jobs.ray_run.run_on_ray`."""
 
 from __future__ import annotations
 
@@ -7,85 +8,11 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
 
 from bot.cli.common import handle_errors, load_settings, quiet_libraries
-from runner.errors import EaselError
-
-
-class RemoteJobFailed(EaselError):
-    """A job run on a Ray worker failed; the message is the worker's."""
-
-    def __init__(self, job_id: str, message: str):
-        self.job_id = job_id
-        super().__init__(f"job {job_id} failed on its worker: {message}")
-
-
-def _ray_init_kwargs(settings: Any, address: str | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"namespace": settings.ray_namespace, "log_to_driver": False}
-    if address:
-        kwargs["address"] = address
-    return kwargs
-
-
-def run_on_ray(
-    settings: Any,
-    env: Any,
-    workflow: dict[str, Any],
-    *,
-    ray_address: str | None = None,
-    on_event: Any = None,
-) -> list[str]:
-    """Run one workflow on a Ray worker (found in the cluster, or started for it), stream
-    its events to ``on_event``, and write the images it sends back into the output folder.
-    Returns their paths."""
-    from runner.errors import JobCancelled
-    from runner.files import write_atomic
-    from runner.jobs import JobRunner, MemoryStore, make_job
-    from runner.jobs.ray_backend import RayBackend, import_ray
-
-    ray = import_ray()
-    address = ray_address or settings.ray_address
-    backend = RayBackend(
-        settings,
-        address=address,
-        namespace=settings.ray_namespace,
-        workers=settings.ray_workers,
-        lora_resolver=env.models.lora_path,
-    )
-    store = MemoryStore()
-    runner = JobRunner(store=store)
-    if on_event is not None:
-        runner.bus.add_listener(on_event)
-    try:
-        if not ray.is_initialized():
-            ray.init(**_ray_init_kwargs(settings, address))
-        backend.start(runner)
-        runner.start()
-        job = make_job("cli", workflow)
-        runner.submit(job)
-        runner.wait_idle()
-    finally:
-        runner.stop(cancel_running=True, timeout=10)
-        backend.stop()
-    outcome = store.outcomes["cli"]
-    if outcome.status == "cancelled":
-        raise JobCancelled("the job was cancelled")
-    if outcome.status != "done":
-        raise RemoteJobFailed("cli", outcome.error or "unknown error")
-    paths = []
-    for image in outcome.images:
-        target = settings.output_dir / f"ray-{Path(image.filename).name}"
-        counter = 1
-        while target.exists():
-            target = settings.output_dir / f"ray-{Path(image.filename).stem}-{counter}.png"
-            counter += 1
-        write_atomic(target, image.data)
-        paths.append(str(target))
-    return paths
 
 
 def _format_row(info: Any) -> str:
@@ -151,13 +78,14 @@ def worker(ray_address: str, count: int | None, num_gpus: float | None, detach: 
     machine, pinned to it, using this machine's configuration and models folders. Runs
     until Ctrl-C (which stops the workers), restarting a worker that dies."""
     from runner.jobs.ray_backend import import_ray, start_named_workers
+    from runner.jobs.ray_run import ray_init_kwargs
 
     quiet_libraries()
     settings = load_settings()
     ray = import_ray()
     if not ray.is_initialized():
         try:
-            ray.init(**_ray_init_kwargs(settings, ray_address))
+            ray.init(**ray_init_kwargs(settings.ray_namespace, ray_address))
         except ConnectionError as exc:
             raise click.ClickException(f"no Ray cluster at {ray_address}: {exc}") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from db.engine import Database
@@ -31,9 +30,4 @@ def open_database(settings: Any, *, upgrade: bool = True, **kwargs: Any) -> Data
     return db
 
 
-async def aopen_database(settings: Any, *, upgrade: bool = True, **kwargs: Any) -> Database:
-    """:func:`open_database` without blocking the event loop (the bot's start)."""
-    return await asyncio.to_thread(open_database, settings, upgrade=upgrade, **kwargs)
-
-
-__all__ = ["aopen_database", "database_url", "open_database"]
+__all__ = ["database_url", "open_database"]

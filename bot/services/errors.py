@@ -5,6 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The data layer's errors reach the service's callers unchanged; the edges (bot, command
+# line) import them from here rather than from ``db``.
+from db.errors import (
+    DbError,
+    FamilyMismatch,
+    Forbidden,
+    InvalidName,
+    InvalidTransition,
+    InvalidValue,
+    NameTaken,
+    NotFound,
+)
+
 
 class ServiceError(Exception):
     """Base class of every error the service layer raises on purpose."""
@@ -18,15 +31,6 @@ class ExportTargetNotEmpty(ServiceError):
         super().__init__(f"export folder {str(path)!r} is not empty; choose a new or empty folder")
 
 
-class MissingFile(ServiceError):
-    """A file the database points at is not on disk (deleted by hand, or a broken copy)."""
-
-    def __init__(self, kind: str, path: Path):
-        self.kind = kind
-        self.path = path
-        super().__init__(f"the {kind} file {str(path)!r} is missing from the data folder")
-
-
 class UnsafeStoredPath(ServiceError):
     """A path from the database that would lead outside the data folder."""
 
@@ -35,4 +39,16 @@ class UnsafeStoredPath(ServiceError):
         super().__init__(f"stored path {path!r} points outside the data folder; refusing to use it")
 
 
-__all__ = ["ExportTargetNotEmpty", "MissingFile", "ServiceError", "UnsafeStoredPath"]
+__all__ = [
+    "DbError",
+    "ExportTargetNotEmpty",
+    "FamilyMismatch",
+    "Forbidden",
+    "InvalidName",
+    "InvalidTransition",
+    "InvalidValue",
+    "NameTaken",
+    "NotFound",
+    "ServiceError",
+    "UnsafeStoredPath",
+]

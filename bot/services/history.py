@@ -1,30 +1,33 @@
 """Every generation recorded: submitting (seed policy, LoRAs, the workflow), the result
 (outputs stored by content hash, status and timings), and finding generations again.
 
-The life of a generation::
+The life of a generation (every method blocks; the event loop calls them with
+``await asyncio.to_thread(history.method, ...)``)::
 
     history = History.for_environment(db, env)
-    prepared = await history.aprepare(user_id, request, channel_id=..., guild_id=...)
-    await history.amark_running(prepared.generation_id)
+    prepared = history.prepare(user_id, request, channel_id=..., guild_id=...)
+    history.mark_running(prepared.generation_id)
     try:
-        result = await asyncio.to_thread(env.run, prepared.workflow)
+        result = env.run(prepared.workflow)
     except Exception as exc:
-        await history.arecord_result(prepared.generation_id, exc)
+        history.record_result(prepared.generation_id, exc)
     else:
-        generation = await history.arecord_result(prepared.generation_id, result)
+        generation = history.record_result(prepared.generation_id, result)
     # post history.output_paths(generation), then:
-    await history.aset_message(generation.id, message_id=..., channel_id=...)
+    history.set_message(generation.id, message_id=..., channel_id=...)
 
 Output images are moved from the runner's output folder to ``DATA_DIR/images/<sha256>.png``
 (so that forgetting a user leaves no copy behind); after :meth:`History.record_result` the
 paths in ``RunResult.images`` are gone: use :meth:`History.output_paths`. Each
 generation's ``SaveImage`` nodes get the prefix ``easel-g<id>``, so that a node cache hit
 in the runner never hands back the file of an earlier generation.
+
+(One concern, a generation's record from submission to deletion, so one module of
+about 500 lines; the job side lives in :mod:`bot.services.jobs`.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 from collections.abc import Callable, Sequence
@@ -278,33 +281,6 @@ class History:
             add_trigger_words=add_trigger_words,
         )
 
-    async def aprepare(
-        self,
-        user_id: int,
-        request: GenerationRequest,
-        *,
-        reuse_seed_of: int | None = None,
-        parent_id: int | None = None,
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        message_id: int | None = None,
-        add_trigger_words: bool = True,
-    ) -> PreparedGeneration:
-        """:meth:`prepare` for the event loop."""
-        family = await asyncio.to_thread(self.family_of, request.model) if request.loras else None
-        return await self.db.run(
-            self.prepare_in_session,
-            user_id,
-            request,
-            family=family,
-            reuse_seed_of=reuse_seed_of,
-            parent_id=parent_id,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            message_id=message_id,
-            add_trigger_words=add_trigger_words,
-        )
-
     def _rerun_tx(
         self,
         session: Session,
@@ -349,30 +325,11 @@ class History:
             self._rerun_tx, user_id, generation_id, guild_id=guild_id, channel_id=channel_id
         )
 
-    async def arerun(
-        self,
-        user_id: int,
-        generation_id: int,
-        *,
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-    ) -> PreparedGeneration:
-        """:meth:`rerun` for the event loop."""
-        return await self.db.run(
-            self._rerun_tx, user_id, generation_id, guild_id=guild_id, channel_id=channel_id
-        )
-
     # -- results -------------------------------------------------------------------
 
     def mark_running(self, generation_id: int) -> Generation:
         """Stamp the start of a generation's run."""
         return self.db.run_sync(
-            db_generations.set_generation_status, generation_id, JobStatus.RUNNING
-        )
-
-    async def amark_running(self, generation_id: int) -> Generation:
-        """:meth:`mark_running` for the event loop."""
-        return await self.db.run(
             db_generations.set_generation_status, generation_id, JobStatus.RUNNING
         )
 
@@ -455,19 +412,6 @@ class History:
             self._cleanup_images(images)
             raise
 
-    async def arecord_result(self, generation_id: int, outcome: Any) -> Generation:
-        """:meth:`record_result` for the event loop."""
-        if isinstance(outcome, BaseException):
-            return await self.db.run(self.record_in_session, generation_id, (), None, outcome)
-        images = await asyncio.to_thread(lambda: [stage_image(p) for p in outcome.images])
-        try:
-            return await self.db.run(
-                self.record_in_session, generation_id, images, outcome.seconds, None
-            )
-        except BaseException:
-            await asyncio.to_thread(self._cleanup_images, images)
-            raise
-
     def set_message(
         self,
         generation_id: int,
@@ -478,23 +422,6 @@ class History:
     ) -> Generation:
         """Remember the Discord message (and channel, guild) that shows a generation."""
         return self.db.run_sync(
-            db_generations.set_generation_message,
-            generation_id,
-            message_id=message_id,
-            channel_id=channel_id,
-            guild_id=guild_id,
-        )
-
-    async def aset_message(
-        self,
-        generation_id: int,
-        *,
-        message_id: int,
-        channel_id: int | None = None,
-        guild_id: int | None = None,
-    ) -> Generation:
-        """:meth:`set_message` for the event loop."""
-        return await self.db.run(
             db_generations.set_generation_message,
             generation_id,
             message_id=message_id,
@@ -519,47 +446,20 @@ class History:
             db_generations.history, user_id, **_page_args(query, page, per_page, status)
         )
 
-    async def ahistory(
-        self,
-        user_id: int,
-        *,
-        query: str | None = None,
-        page: int = 1,
-        per_page: int = 10,
-        status: JobStatus | str | None = None,
-    ) -> Page[Generation]:
-        """:meth:`history` for the event loop."""
-        return await self.db.read(
-            db_generations.history, user_id, **_page_args(query, page, per_page, status)
-        )
-
     def get(self, user_id: int, generation_id: int) -> Generation:
         """One of the user's generations with its outputs; :class:`db.errors.NotFound`
         for another user's."""
         return self.db.read_sync(db_generations.get_generation, generation_id, user_id=user_id)
-
-    async def aget(self, user_id: int, generation_id: int) -> Generation:
-        """:meth:`get` for the event loop."""
-        return await self.db.read(db_generations.get_generation, generation_id, user_id=user_id)
 
     def find_by_message(self, message_id: int) -> Generation | None:
         """The generation a Discord message shows, whoever made it (the message is public
         in its channel; reply-to-image and the result buttons start from it)."""
         return self.db.read_sync(db_generations.find_generation_by_message, message_id)
 
-    async def afind_by_message(self, message_id: int) -> Generation | None:
-        """:meth:`find_by_message` for the event loop."""
-        return await self.db.read(db_generations.find_generation_by_message, message_id)
-
     def find_by_image(self, image: bytes | str) -> Generation | None:
         """The generation that produced an image, given its bytes (e.g. a Discord
         attachment) or its sha256."""
         return self.db.read_sync(db_generations.find_generation_by_output_hash, _image_hash(image))
-
-    async def afind_by_image(self, image: bytes | str) -> Generation | None:
-        """:meth:`find_by_image` for the event loop."""
-        sha = await asyncio.to_thread(_image_hash, image)
-        return await self.db.read(db_generations.find_generation_by_output_hash, sha)
 
     def delete(self, user_id: int, generation_id: int) -> list[str]:
         """Delete one of the user's generations and the image files nothing else uses;
@@ -567,20 +467,9 @@ class History:
         files = self.db.run_sync(db_generations.delete_generation, generation_id, user_id=user_id)
         return self.db.run_sync(delete_unreferenced, self.settings.data_dir, files) if files else []
 
-    async def adelete(self, user_id: int, generation_id: int) -> list[str]:
-        """:meth:`delete` for the event loop."""
-        files = await self.db.run(db_generations.delete_generation, generation_id, user_id=user_id)
-        return (
-            await self.db.run(delete_unreferenced, self.settings.data_dir, files) if files else []
-        )
-
     def output_paths(self, generation: Generation) -> list[Path]:
         """The image files of a generation (loaded with its outputs), in order."""
         return [stored_path(self.settings.data_dir, o.path) for o in generation.outputs]
-
-    # Earlier names, still used by bot.services.jobs.
-    _prepare_tx = prepare_in_session
-    _record_tx = record_in_session
 
 
 def _image_hash(image: bytes | str) -> str:

@@ -5,15 +5,12 @@ Files live at ``settings.lora_library_dir / "<sha256>.safetensors"``; the runner
 manager finds a workflow's ``lora_name`` ``"<sha256>.safetensors"`` there. One file backs
 every row with its hash and is deleted with the last of them.
 
-Every operation has a synchronous form (for the command line and worker threads) and an
-``a``-prefixed coroutine for the bot, whose database work runs through
-:meth:`db.engine.Database.run` / :meth:`~db.engine.Database.read` on worker threads and
-whose file work runs in :func:`asyncio.to_thread`: nothing blocks the event loop.
+Every operation blocks (database and file work): the bot calls them with
+``await asyncio.to_thread(library.method, ...)`` so nothing blocks the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -347,38 +344,6 @@ class LoraLibrary:
                     self._cleanup(staged.info.sha256)
                 raise
 
-    async def aadd(
-        self,
-        owner_id: int,
-        data: bytes,
-        filename: str,
-        *,
-        name: str,
-        trigger_words: Iterable[str] = (),
-        default_weight: float = 1.0,
-        shared: bool = False,
-        model: str | None = None,
-    ) -> Lora:
-        """:meth:`add` for the event loop."""
-        await self.db.read(self._precheck, owner_id, name)
-        staged = await asyncio.to_thread(self.stage, data, filename, model=model)
-        try:
-            return await self.db.run(
-                self._record,
-                owner_id,
-                staged,
-                name=name,
-                trigger_words=list(trigger_words),
-                default_weight=default_weight,
-                shared=shared,
-            )
-        except BaseException:
-            if staged.committed:
-                await asyncio.to_thread(self._cleanup, staged.info.sha256)
-            raise
-        finally:
-            await asyncio.to_thread(staged.discard)
-
     def add_file(self, owner_id: int, path: Path, *, name: str, **kwargs: Any) -> Lora:
         """:meth:`add` for a file on disk (the command line); the size limit is checked
         before the file is read."""
@@ -401,32 +366,20 @@ class LoraLibrary:
             db_loras.list_loras, user_id, include_shared=include_shared, family=family
         )
 
-    async def alist_visible(
-        self, user_id: int, *, include_shared: bool = True, family: str | None = None
-    ) -> list[Lora]:
-        """:meth:`list_visible` for the event loop."""
-        return await self.db.read(
-            db_loras.list_loras, user_id, include_shared=include_shared, family=family
-        )
+    def list_all(self) -> list[Lora]:
+        """Every user's LoRAs, shared or not, by owner then name (``easel lora list``)."""
+        return self.db.read_sync(db_loras.list_all_loras)
 
     def get(self, user_id: int, name: str) -> Lora:
         """The LoRA ``name`` as ``user_id`` sees it (own first, then shared);
         :class:`db.errors.NotFound` otherwise."""
         return self.db.read_sync(db_loras.get_lora, user_id, name)
 
-    async def aget(self, user_id: int, name: str) -> Lora:
-        """:meth:`get` for the event loop."""
-        return await self.db.read(db_loras.get_lora, user_id, name)
-
     # -- changing ------------------------------------------------------------------
 
     def rename(self, user_id: int, name: str, new_name: str) -> Lora:
         """Rename one of the user's own LoRAs."""
         return self.db.run_sync(db_loras.rename_lora, user_id, name, new_name)
-
-    async def arename(self, user_id: int, name: str, new_name: str) -> Lora:
-        """:meth:`rename` for the event loop."""
-        return await self.db.run(db_loras.rename_lora, user_id, name, new_name)
 
     def update(
         self,
@@ -441,26 +394,9 @@ class LoraLibrary:
             db_loras.update_lora, user_id, name, **_given(trigger_words, default_weight)
         )
 
-    async def aupdate(
-        self,
-        user_id: int,
-        name: str,
-        *,
-        trigger_words: Iterable[str] = _UNSET,
-        default_weight: float = _UNSET,
-    ) -> Lora:
-        """:meth:`update` for the event loop."""
-        return await self.db.run(
-            db_loras.update_lora, user_id, name, **_given(trigger_words, default_weight)
-        )
-
     def share(self, user_id: int, name: str, shared: bool = True) -> Lora:
         """Share one of the user's LoRAs with everyone (or, ``shared=False``, stop)."""
         return self.db.run_sync(db_loras.set_lora_shared, user_id, name, shared)
-
-    async def ashare(self, user_id: int, name: str, shared: bool = True) -> Lora:
-        """:meth:`share` for the event loop."""
-        return await self.db.run(db_loras.set_lora_shared, user_id, name, shared)
 
     def remove(self, user_id: int, name: str) -> bool:
         """Remove one of the user's LoRAs; its file goes when no row references it any
@@ -469,13 +405,6 @@ class LoraLibrary:
         if orphan is None:
             return False
         return bool(self.db.run_sync(delete_unreferenced, self.settings.data_dir, [orphan]))
-
-    async def aremove(self, user_id: int, name: str) -> bool:
-        """:meth:`remove` for the event loop."""
-        orphan = await self.db.run(db_loras.remove_lora, user_id, name)
-        if orphan is None:
-            return False
-        return bool(await self.db.run(delete_unreferenced, self.settings.data_dir, [orphan]))
 
     # -- using ---------------------------------------------------------------------
 
@@ -492,20 +421,6 @@ class LoraLibrary:
             return []
         family = self.family_of(model)
         return self.db.read_sync(resolve_loras_in_session, user_id, refs, family=family)
-
-    async def aresolve(
-        self,
-        user_id: int,
-        refs: Sequence[LoraRef | str | tuple[str, float | None]],
-        *,
-        model: str | None = None,
-    ) -> list[ResolvedLora]:
-        """:meth:`resolve` for the event loop."""
-        if not refs:
-            return []
-        family = await asyncio.to_thread(self.family_of, model)
-        return await self.db.read(resolve_loras_in_session, user_id, list(refs), family=family)
-
 
 def _given(trigger_words: Any, default_weight: Any) -> dict[str, Any]:
     changes: dict[str, Any] = {}

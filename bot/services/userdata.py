@@ -11,7 +11,6 @@ A plugin that raises is reported by name; the others still run.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from bot.services.storage import delete_unreferenced, place_file, stored_path, w
 from db import userdata as db_userdata
 from db.engine import Database
 from db.results import StoredFile
+from db.userdata import row_to_dict
 from runner.settings import EngineSettings
 
 EXPORT_DOCUMENT = "easel-user-data.json"
@@ -120,13 +120,15 @@ def export_user(
     return _write_export(settings, user_id, folder, document)
 
 
-async def aexport_user(
-    db: Database, settings: EngineSettings, user_id: int, out_dir: Path
-) -> ExportReport:
-    """:func:`export_user` for the event loop."""
-    document = await db.read(_export_document, user_id)
-    folder = await asyncio.to_thread(_check_target, out_dir)
-    return await asyncio.to_thread(_write_export, settings, user_id, folder, document)
+def list_users(db: Database, *, page: int = 1, per_page: int = 50) -> tuple[int, list[dict[str, Any]]]:
+    """How many users are known, and page ``page`` (from 1) of them with how much each
+    has stored (see :func:`db.userdata.user_summaries`)."""
+    return db.read_sync(db_userdata.user_summaries, offset=(page - 1) * per_page, limit=per_page)
+
+
+def stored_rows(db: Database, user_id: int) -> dict[str, int]:
+    """How many rows of each table belong to ``user_id`` (all zeros once forgotten)."""
+    return db.read_sync(db_userdata.user_row_counts, user_id)
 
 
 # ---------------------------------------------------------------------------- forget
@@ -209,21 +211,6 @@ def forget_user(
     return _report(user_id, rows, files, deleted, called, errors)
 
 
-async def aforget_user(
-    db: Database,
-    settings: EngineSettings,
-    user_id: int,
-    *,
-    pm: Any = None,
-    load_plugins: Callable[[], Any] | None = None,
-) -> ForgetReport:
-    """:func:`forget_user` for the event loop (plugins run on a worker thread)."""
-    rows, files, orphans = await db.run(_forget_tx, user_id)
-    deleted = await db.run(delete_unreferenced, settings.data_dir, orphans) if orphans else []
-    called, errors = await asyncio.to_thread(_plugins, pm, load_plugins, user_id, settings.data_dir)
-    return _report(user_id, rows, files, deleted, called, errors)
-
-
 def _plugins(
     pm: Any, load_plugins: Callable[[], Any] | None, user_id: int, data_dir: Path
 ) -> tuple[list[str], dict[str, str]]:
@@ -239,10 +226,11 @@ __all__ = [
     "EXPORT_DOCUMENT",
     "ExportReport",
     "ForgetReport",
-    "aexport_user",
-    "aforget_user",
     "call_forget_hooks",
     "default_forget_plugin_manager",
     "export_user",
     "forget_user",
+    "list_users",
+    "row_to_dict",
+    "stored_rows",
 ]

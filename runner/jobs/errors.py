@@ -43,3 +43,11 @@ class RunnerStopped(JobError):
 
     def __init__(self) -> None:
         super().__init__("the job runner is stopped and takes no more jobs")
+
+
+class RemoteJobFailed(JobError):
+    """A job run on a Ray worker failed; the message is the worker's."""
+
+    def __init__(self, job_id: str, message: str):
+        self.job_id = job_id
+        super().__init__(f"job {job_id} failed on its worker: {message}")

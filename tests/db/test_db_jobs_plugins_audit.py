@@ -117,3 +117,44 @@ def test_audit_log(session: Session) -> None:
     assert only[0].details == {"v": "1"} and only[0].created_at.tzinfo is not None
     with pytest.raises(InvalidValue):
         audit.log_action(session, 1, "")
+
+
+def test_queue_pause_state_is_stored(session) -> None:
+    from db.queue import queue_paused, set_queue_paused
+
+    assert queue_paused(session) is False
+    state = set_queue_paused(session, True, actor_id=7)
+    assert queue_paused(session) is True and state.changed_by == 7
+    set_queue_paused(session, False, actor_id=8)
+    assert queue_paused(session) is False
+
+
+def test_move_job_moves_its_generation_in_step(session: Session) -> None:
+    g = generations.record_generation(session, USER, prompt="x", workflow={})
+    job = jobs.create_job(session, USER, request={}, generation_id=g.id)
+    jobs.move_job(session, job.id, "running", worker="gpu0")
+    assert (job.status, g.status, job.attempts) == (JobStatus.RUNNING, JobStatus.RUNNING, 1)
+    jobs.move_job(session, job.id, "queued", error="worker lost")
+    assert (job.status, g.status) == (JobStatus.QUEUED, JobStatus.QUEUED)
+    assert job.error == "worker lost" and g.error is None  # a requeue is the job's affair
+    jobs.move_job(session, job.id, "cancelled", error="cancelled while waiting")
+    assert (job.status, g.status) == (JobStatus.CANCELLED, JobStatus.CANCELLED)
+    assert g.error == "cancelled while waiting" and g.finished_at == job.finished_at
+    with pytest.raises(InvalidTransition):
+        jobs.move_job(session, job.id, "done")
+    alone = jobs.create_job(session, USER, request={})
+    assert jobs.move_job(session, alone.id, "running").status is JobStatus.RUNNING
+
+
+def test_unposted_and_recent_done_jobs(session: Session) -> None:
+    done = jobs.create_job(session, USER, request={})
+    failed = jobs.create_job(session, USER, request={})
+    waiting = jobs.create_job(session, USER, request={})
+    for job, end in ((done, "done"), (failed, "failed")):
+        jobs.set_job_status(session, job.id, "running")
+        jobs.set_job_status(session, job.id, end)
+    assert jobs.unposted_job_ids(session) == [done.id, failed.id]
+    jobs.mark_job_posted(session, done.id, 1)
+    assert jobs.unposted_job_ids(session) == [failed.id]
+    assert [j.id for j in jobs.recent_done_jobs(session)] == [done.id]
+    assert waiting.id not in jobs.unposted_job_ids(session)

@@ -112,7 +112,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9999"
-down_revision = "0001"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -136,7 +136,7 @@ def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
     migrate.upgrade(url)
     extra = tmp_path / "versions"
     extra.mkdir()
-    (extra / "9999_broken.py").write_text(BROKEN_MIGRATION)
+    (extra / "9999_broken.py").write_text(BROKEN_MIGRATION.replace("{head}", migrate.head()))
     cfg = migrate.alembic_config(url)
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option(
@@ -145,6 +145,35 @@ def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
     )
     with pytest.raises(RuntimeError, match="halfway"):
         command.upgrade(cfg, "head")
-    assert migrate.current(url) == "0001"
+    assert migrate.current(url) == migrate.head()
     assert "half_done" not in _tables(path)
     assert migrate.schema_differences(url) == []
+
+
+@pytest.mark.parametrize(
+    ("actions", "paused"),
+    [
+        ((), False),
+        (("queue.pause",), True),
+        (("queue.pause", "queue.resume"), False),
+        (("queue.pause", "queue.resume", "queue.clear", "queue.pause"), True),
+    ],
+)
+def test_queue_state_migration_keeps_a_paused_queue_paused(
+    tmp_path: Path, actions: tuple[str, ...], paused: bool
+) -> None:
+    from db.queue import queue_paused
+
+    path = tmp_path / "easel.sqlite3"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url, "0001")
+    with sqlite3.connect(path) as conn:
+        for second, action in enumerate(actions):
+            conn.execute(
+                "INSERT INTO audit_log (actor_id, action, details, created_at) "
+                "VALUES (?, ?, '{}', ?)",
+                (42, action, f"2026-11-30 12:00:{second:02d}"),
+            )
+    migrate.upgrade(url)
+    with Database(url) as db:
+        assert db.read_sync(queue_paused) is paused

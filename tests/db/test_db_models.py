@@ -22,6 +22,7 @@ from db.models import (
     JobStatus,
     Lora,
     LoraFamily,
+    QueueState,
     SeedPolicy,
     User,
     UserSettings,
@@ -136,9 +137,12 @@ def test_every_table_round_trips(database: Database, make_sha) -> None:
             details={"confirmed": True, "pip": ["install", "easel-upscale"]},
             created_at=T0,
         )
-        s.add_all([output, job, plugin, entry])
+        queue_state = QueueState(id=1, paused=True, changed_by=2**62 + 9, updated_at=T0)
+        s.add_all([output, job, plugin, entry, queue_state])
         s.flush()
-        written = [user, user.settings, lora, parent, generation, output, job, plugin, entry]
+        written = [
+            user, user.settings, lora, parent, generation, output, job, plugin, entry, queue_state
+        ]
         expected = [
             (type(r), r.__mapper__.primary_key_from_instance(r), _columns(r)) for r in written
         ]

@@ -251,12 +251,12 @@ def test_async_submit_events_and_async_poster(make_service, database):
 
     async def main():
         service = make_service(poster)
-        await service.astart()
-        sub = await service.asubmit(7, request("async", steps=8))
+        await asyncio.to_thread(service.start, loop=asyncio.get_running_loop())
+        sub = await asyncio.to_thread(service.submit, 7, request("async", steps=8))
         types = [e.type async for e in throttled(service.subscribe(sub.job_id), 0.0)]
         while not posted:
             await asyncio.sleep(0.02)
-        await service.astop()
+        await asyncio.to_thread(service.stop)
         return sub, types
 
     sub, types = asyncio.run(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.services.database import aopen_database, database_url, open_database
+from bot.services.database import database_url, open_database
 from bot.settings import Settings
 from db import migrate
 
@@ -29,9 +29,9 @@ def test_configured_url_and_no_upgrade(tmp_path):
     assert not (tmp_path / "data" / "easel.sqlite3").exists()
 
 
-def test_aopen_database(tmp_path):
+def test_open_database_from_the_event_loop(tmp_path):
     async def main():
-        db = await aopen_database(Settings(data_dir=tmp_path))
+        db = await asyncio.to_thread(open_database, Settings(data_dir=tmp_path))
         try:
             return db.current()
         finally:

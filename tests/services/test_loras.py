@@ -315,16 +315,16 @@ def test_async_api_keeps_work_off_the_event_loop(library, db, make_fake_lora, mo
     async def main():
         loop_threads.add(threading.get_ident())
         data = make_fake_lora("sd1")
-        row = await library.aadd(ALICE, data, "a.safetensors", name="a", shared=True)
-        await library.arename(ALICE, "a", "b")
-        await library.aupdate(ALICE, "b", default_weight=0.4)
-        await library.ashare(ALICE, "b", True)
-        listed = await library.alist_visible(BOB)
-        got = await library.aget(BOB, "b")
-        resolved = await library.aresolve(BOB, ["b"])
+        row = await asyncio.to_thread(library.add, ALICE, data, "a.safetensors", name="a", shared=True)
+        await asyncio.to_thread(library.rename, ALICE, "a", "b")
+        await asyncio.to_thread(library.update, ALICE, "b", default_weight=0.4)
+        await asyncio.to_thread(library.share, ALICE, "b", True)
+        listed = await asyncio.to_thread(library.list_visible, BOB)
+        got = await asyncio.to_thread(library.get, BOB, "b")
+        resolved = await asyncio.to_thread(library.resolve, BOB, ["b"])
         with pytest.raises(AlreadyInLibrary):
-            await library.aadd(ALICE, data, "again.safetensors", name="c")
-        deleted = await library.aremove(ALICE, "b")
+            await asyncio.to_thread(library.add, ALICE, data, "again.safetensors", name="c")
+        deleted = await asyncio.to_thread(library.remove, ALICE, "b")
         return row, listed, got, resolved, deleted
 
     row, listed, got, resolved, deleted = asyncio.run(main())

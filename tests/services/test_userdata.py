@@ -210,8 +210,8 @@ def test_async_export_and_forget(populated, db, settings, tmp_path):
     pm.register(recorder, name="recorder")
 
     async def main():
-        exported = await userdata.aexport_user(db, settings, BOB, tmp_path / "bob")
-        forgotten = await userdata.aforget_user(db, settings, BOB, pm=pm)
+        exported = await asyncio.to_thread(userdata.export_user, db, settings, BOB, tmp_path / "bob")
+        forgotten = await asyncio.to_thread(userdata.forget_user, db, settings, BOB, pm=pm)
         return exported, forgotten
 
     exported, forgotten = asyncio.run(main())
