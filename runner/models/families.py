@@ -36,11 +36,12 @@ family and switches the scheduler's ``prediction_type`` to ``v_prediction``.
 
 **Diffusers folders and pipelines** (:func:`family_of_folder`, :func:`family_of_pipeline`):
 ``sdxl`` when the pipeline class has ``XL`` in its name or there is a second text encoder;
-``sd2`` when the text encoder is 1024 wide, ``sd2-v`` when its scheduler predicts
-``v_prediction``; else ``sd1``. (Before, the model manager's folder rule missed the second
-text encoder and neither it nor the pipeline rule knew ``sd2-v``; the LoRA library's
-folder rule, the most complete, is the one kept, with ``sd2-v`` added as single files have
-it.)
+``sd2`` when the text encoder is OpenCLIP (1024 wide, or GELU where CLIP ViT-L has quick
+GELU), ``sd2-v`` when its scheduler predicts ``v_prediction``; else ``sd1``. (Before, the
+model manager's folder rule missed the second text encoder and neither it nor the pipeline
+rule knew ``sd2-v``; the LoRA library's folder rule, the most complete, is the one kept,
+with ``sd2-v`` added as single files have it, and the activation so that a narrow SD2
+finetune is still told apart.)
 
 **LoRAs** (:func:`family_of_lora`): from tensor shapes (the UNet's cross-attention input
 width, the text encoders' widths, a second text encoder), else the training metadata.
@@ -317,11 +318,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def _family_from_parts(
-    class_name: str, has_second_encoder: bool, text_width: int | None, prediction: str | None
+    class_name: str, has_second_encoder: bool, text_encoder: Mapping[str, Any], prediction: Any
 ) -> str:
     if "XL" in class_name or has_second_encoder:
         return "sdxl"
-    if text_width == 1024:
+    # SD2's OpenCLIP ViT-H is 1024 wide with GELU; SD1's CLIP ViT-L is 768 with quick GELU.
+    if text_encoder.get("hidden_size") == 1024 or text_encoder.get("hidden_act") == "gelu":
         return "sd2-v" if prediction == "v_prediction" else "sd2"
     return "sd1"
 
@@ -334,10 +336,10 @@ def family_of_folder(folder: Path) -> str:
     index = read_json(folder / "model_index.json")
     encoder = folder / "text_encoder" / "config.json"
     scheduler = folder / "scheduler" / "scheduler_config.json"
-    width = read_json(encoder).get("hidden_size") if encoder.is_file() else None
+    text_config = read_json(encoder) if encoder.is_file() else {}
     prediction = read_json(scheduler).get("prediction_type") if scheduler.is_file() else None
     return _family_from_parts(
-        str(index.get("_class_name", "")), "text_encoder_2" in index, width, prediction
+        str(index.get("_class_name", "")), "text_encoder_2" in index, text_config, prediction
     )
 
 
@@ -345,10 +347,14 @@ def family_of_pipeline(pipe: Any) -> str:
     """The family of a loaded diffusers pipeline (the same rule as :func:`family_of_folder`)."""
     config = getattr(getattr(pipe, "text_encoder", None), "config", None)
     scheduler = getattr(getattr(pipe, "scheduler", None), "config", None)
+    text_config = {
+        "hidden_size": getattr(config, "hidden_size", None),
+        "hidden_act": getattr(config, "hidden_act", None),
+    }
     return _family_from_parts(
         type(pipe).__name__,
         getattr(pipe, "text_encoder_2", None) is not None,
-        getattr(config, "hidden_size", None),
+        text_config,
         getattr(scheduler, "prediction_type", None) if scheduler is not None else None,
     )
 
