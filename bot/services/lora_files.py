@@ -35,7 +35,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.services.errors import ServiceError
+from bot.services.lora_file_errors import (
+    BadHeader,
+    FamilyConflict,
+    FamilyUnknown,
+    FileTooLarge,
+    HeaderTooLarge,
+    LoraFileError,
+    NotALora,
+    NotSafetensors,
+    PickleFile,
+    TooManyTensors,
+    WrongFamily,
+)
 from bot.services.storage import place_file, sha256_file
 from runner.errors import ModelError, UnsafeFileError
 from runner.files import HeaderTooLarge as _HeaderTooLarge
@@ -55,90 +67,6 @@ MAX_TENSORS = 10_000
 _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 # kohya's alpha is one number, which some tools (diffusers' converter) store as an integer.
 _ALPHA_DTYPES = _FLOAT_DTYPES | {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"}
-
-
-# ------------------------------------------------------------------------- errors
-
-
-class LoraFileError(ServiceError):
-    """A LoRA file refused before anything was stored. ``filename`` is the name the user
-    gave it; the message says what is wrong."""
-
-    def __init__(self, filename: str, message: str):
-        self.filename = filename
-        super().__init__(f"{filename}: {message}")
-
-
-class NotSafetensors(LoraFileError):
-    """The file is not in the safetensors format (by its name)."""
-
-
-class PickleFile(LoraFileError):
-    """The file is a Python pickle (``.ckpt`` and friends, or one renamed): refused,
-    since loading a pickle can run code."""
-
-
-class FileTooLarge(LoraFileError):
-    """The file is larger than ``max_upload_mb``."""
-
-    def __init__(self, filename: str, size: int, limit: int):
-        self.size = size
-        self.limit = limit
-        super().__init__(
-            filename, f"the file is {size / 1e6:.1f} MB, more than the {limit / 1e6:.1f} MB allowed"
-        )
-
-
-class BadHeader(LoraFileError):
-    """The safetensors header is missing, truncated, not JSON, or describes tensors the
-    file does not hold."""
-
-
-class HeaderTooLarge(LoraFileError):
-    """The header length field claims more than :data:`MAX_HEADER_BYTES`."""
-
-    def __init__(self, filename: str, claimed: int, limit: int):
-        self.claimed = claimed
-        self.limit = limit
-        super().__init__(
-            filename,
-            f"the safetensors header claims {claimed} bytes, more than the {limit} bytes allowed",
-        )
-
-
-class TooManyTensors(LoraFileError):
-    """The file holds more than :data:`MAX_TENSORS` tensors."""
-
-    def __init__(self, filename: str, count: int, limit: int):
-        self.count = count
-        self.limit = limit
-        super().__init__(filename, f"the file holds {count} tensors, more than the {limit} allowed")
-
-
-class NotALora(LoraFileError):
-    """The keys are not (only) LoRA weights for the UNet or text encoders."""
-
-
-class FamilyUnknown(LoraFileError):
-    """Neither the shapes nor the metadata tell which base model the LoRA is for, and no
-    model was chosen."""
-
-
-class FamilyConflict(LoraFileError):
-    """The shapes point at different base model families."""
-
-
-class WrongFamily(LoraFileError):
-    """The LoRA is for another base model family than the model chosen for it."""
-
-    def __init__(self, filename: str, family: str, expected: str, model: str | None = None):
-        self.family = family
-        self.expected = expected
-        self.model = model
-        target = f"{model!r}, a {expected} model" if model else f"{expected} models"
-        super().__init__(
-            filename, f"this LoRA is for {family} models and cannot be used with {target}"
-        )
 
 
 # ------------------------------------------------------------------------- results
@@ -218,10 +146,6 @@ def check_lora_filename(filename: str) -> str:
             f"not a .safetensors file (suffix {suffix or 'none'!r}); LoRAs are accepted as .safetensors only",
         )
     return base
-
-
-model_family_name = lora_family
-"""A checkpoint family as a LoRA family (:func:`runner.models.families.lora_family`)."""
 
 
 def stage_lora_upload(
@@ -319,10 +243,10 @@ def inspect_lora_file(
                 "cannot tell which base model (SD1, SD2 or SDXL) this LoRA is for from its "
                 "shapes or metadata; choose the model it is for",
             )
-        family = model_family_name(expected_family)
+        family = lora_family(expected_family)
         evidence = f"taken from the chosen model {model_name or ''}".rstrip() + f" ({family})"
-    if expected_family is not None and family != model_family_name(expected_family):
-        raise WrongFamily(name, family, model_family_name(expected_family), model_name)
+    if expected_family is not None and family != lora_family(expected_family):
+        raise WrongFamily(name, family, lora_family(expected_family), model_name)
     return LoraFileInfo(
         sha256=sha256 or sha256_file(path),
         size_bytes=size,
@@ -455,6 +379,5 @@ __all__ = [
     "classify_lora_keys",
     "detect_lora_family",
     "inspect_lora_file",
-    "model_family_name",
     "stage_lora_upload",
 ]

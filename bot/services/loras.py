@@ -27,7 +27,6 @@ from bot.services.lora_files import (
     StagedLora,
     WrongFamily,
     check_lora_filename,
-    model_family_name,
     stage_lora_upload,
 )
 from bot.services.storage import delete_unreferenced, relative_to_data, stored_path
@@ -36,6 +35,7 @@ from db.engine import Database
 from db.errors import FamilyMismatch, NameTaken
 from db.models import Lora
 from db.results import StoredFile
+from runner.models.families import lora_family
 from runner.settings import EngineSettings
 from runner.templates import GenerationRequest, LoraRef
 
@@ -103,7 +103,7 @@ def model_family(settings: EngineSettings, model: str | None = None, manager: An
         from runner.models.manager import ModelManager  # imports torch
 
         manager = ModelManager(settings)
-    return model_family_name(manager.family(model or settings.default_model))
+    return lora_family(manager.family(model or settings.default_model))
 
 
 # ------------------------------------------------------------- request resolution
