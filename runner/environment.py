@@ -40,7 +40,9 @@ class Environment:
         self.pm = plugin_manager or build_plugin_manager()
         self.node_types: dict[str, NodeType] = {}
         self.templates: dict[str, WorkflowTemplate] = {}
-        self.node_cache = NodeCache(self.settings.node_cache_size)
+        self.node_cache = NodeCache(
+            self.settings.node_cache_size, max_bytes=int(self.settings.node_cache_mb * 1024**2)
+        )
         self.models = ModelManager(self.settings)
         self.executor = Executor(self)
         self.refresh()

@@ -77,7 +77,13 @@ class EngineSettings(BaseSettings):
         default=0.0, description="Memory budget for loaded models in GB; 0 = auto."
     )
     node_cache_size: int = Field(
-        default=256, ge=1, description="Node outputs kept for reuse (entries)."
+        default=256, ge=1, description="Node outputs kept for reuse (most entries)."
+    )
+    node_cache_mb: float = Field(
+        default=1024.0,
+        gt=0,
+        description="Memory budget for node outputs kept for reuse (images, latents, "
+        "conditioning) in MB; least recently used are dropped first. Models are not counted.",
     )
 
     max_width: int = Field(default=2048, ge=64)

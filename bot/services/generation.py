@@ -73,11 +73,16 @@ class _Prompted(NamedTuple):
 
 
 def base_size(env, model: str) -> tuple[int, int]:
-    """A model's native size: 1024 for SDXL-family models, else 512."""
-    for checkpoint in env.models.loaded():
-        if checkpoint.name == model:
-            return (1024, 1024) if checkpoint.family == "sdxl" else (512, 512)
-    return (1024, 1024) if "xl" in model.lower() else (512, 512)
+    """A model's native size, as the runner knows it (``env.models.native_size``: from the
+    checkpoint's family, without loading it). A name the runner cannot resolve gets SD1's
+    512 x 512, so that the request is still built and validation names the bad model."""
+    from runner.errors import ModelError
+    from runner.models.families import native_size
+
+    try:
+        return env.models.native_size(model)
+    except (ModelError, OSError):
+        return native_size("sd1")
 
 
 def _delete_any(session, generation_id: int, data_dir) -> int | None:

@@ -4,20 +4,21 @@ An uploaded file goes through, in order, and is refused at the first problem:
 
 1. its name: ``.ckpt``/``.pt``/``.bin``... are pickles and refused; only ``.safetensors``;
 2. its size (``max_upload_mb``);
-3. its header, read by the runner's own safetensors reader
-   (:func:`runner.models.single_file.read_safetensors_header`): a pickle or zip renamed to
-   ``.safetensors``, a header length past the end of the file, bad JSON, a tensor whose
-   dtype, shape and offsets disagree or that runs past the end of the file;
-4. the header size and tensor count limits, floating-point tensors only, and tensor data
-   that covers the data section exactly;
+3. its header, read by the runner (:func:`runner.files.read_safetensors_header`, the
+   ``safetensors`` library underneath): a pickle or zip renamed to ``.safetensors``, a
+   header length past the end of the file or over :data:`MAX_HEADER_BYTES`, bad JSON, a
+   tensor whose dtype, shape and offsets disagree, tensors that do not cover the data
+   section exactly (truncated, or extra bytes);
+4. the tensor count limit and floating-point tensors only;
 5. the keys: every key must be LoRA weight for the UNet or the text encoder(s), in
    diffusers/peft format (``unet.<module>.lora_A.weight`` / ``lora_B``, also the older
    ``lora.down``/``lora.up`` and ``lora_linear_layer`` spellings; ``text_encoder.``,
    ``text_encoder_2.``) or in kohya/A1111 format (``lora_unet_<module>.lora_down.weight``
    / ``lora_up.weight`` / ``alpha``; ``lora_te_``, ``lora_te1_``, ``lora_te2_``), with
    matching down/up pairs of the same rank;
-6. the base model family, from tensor shapes (see :func:`detect_lora_family`), checked
-   against the family of the model the user chose, if any.
+6. the base model family, from tensor shapes
+   (:func:`runner.models.families.family_of_lora`), checked against the family of the
+   model the user chose, if any.
 
 Uploads are staged in a temporary file (the reader needs a path), which is renamed into
 place by the caller or deleted: a refused file leaves nothing behind.
@@ -29,19 +30,32 @@ import hashlib
 import math
 import os
 import re
-import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.services.errors import ServiceError
+from bot.services.lora_file_errors import (
+    BadHeader,
+    FamilyConflict,
+    FamilyUnknown,
+    FileTooLarge,
+    HeaderTooLarge,
+    LoraFileError,
+    NotALora,
+    NotSafetensors,
+    PickleFile,
+    TooManyTensors,
+    WrongFamily,
+)
 from bot.services.storage import place_file, sha256_file
 from runner.errors import ModelError, UnsafeFileError
-from runner.models.single_file import PICKLE_SUFFIXES, read_safetensors_header
-
-LORA_FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
-"""Base model families a LoRA can be for (the values of :class:`db.models.LoraFamily`)."""
+from runner.files import HeaderTooLarge as _HeaderTooLarge
+from runner.files import read_safetensors_header, refuse_pickle
+from runner.models.families import LORA_FAMILIES, LoraFamilyConflict, family_of_lora, lora_family
+from runner.models.layout import LORA_DIFFUSERS_KEY as _DIFFUSERS_KEY
+from runner.models.layout import LORA_KOHYA_COMPONENTS as _KOHYA_COMPONENTS
+from runner.models.layout import LORA_KOHYA_KEY as _KOHYA_KEY
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 """Largest safetensors header accepted. A full SDXL LoRA with kohya's training metadata
@@ -50,140 +64,9 @@ has well under 1 MB."""
 MAX_TENSORS = 10_000
 """Most tensors accepted in one file. A LoRA on every layer of SDXL has about 3,000."""
 
-_FLOAT_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 # kohya's alpha is one number, which some tools (diffusers' converter) store as an integer.
-_ALPHA_BYTES = {
-    **_FLOAT_BYTES,
-    "I8": 1,
-    "U8": 1,
-    "I16": 2,
-    "U16": 2,
-    "I32": 4,
-    "U32": 4,
-    "I64": 8,
-    "U64": 8,
-}
-
-_DIFFUSERS_KEY = re.compile(
-    r"^(?P<component>unet|text_encoder|text_encoder_2)\.(?P<module>.+?)"
-    r"(?:\.lora_(?P<ab>A|B)\.weight"
-    r"|\.lora(?:_linear_layer)?\.(?P<du>down|up)\.weight"
-    r"|_lora\.(?P<du2>down|up)\.weight"
-    r"|\.(?P<alpha>alpha))$"
-)
-_KOHYA_KEY = re.compile(
-    r"^lora_(?P<component>unet|te|te1|te2)_(?P<module>\w+?)"
-    r"\.(?:lora_(?P<du>down|up)\.weight|(?P<alpha>alpha))$"
-)
-_KOHYA_COMPONENTS = {
-    "unet": "unet",
-    "te": "text_encoder",
-    "te1": "text_encoder",
-    "te2": "text_encoder_2",
-}
-
-# Widths that give the family away (the real models'; tiny test models match none).
-_UNET_CONTEXT_WIDTH = {768: {"sd1"}, 1024: {"sd2"}, 2048: {"sdxl"}}
-_TEXT_ENCODER_WIDTH = {768: {"sd1", "sdxl"}, 1024: {"sd2"}}
-_TEXT_ENCODER_2_WIDTH = 1280
-_CROSS_ATTENTION_KV = re.compile(r"attn2[._](?:processor[._])?to_[kv]$")
-_SELF_ATTENTION_PROJ = re.compile(r"self_attn[._](?:q|k|v|out)_proj$")
-
-_METADATA_FAMILY = (
-    ("ss_base_model_version", (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))),
-    (
-        "modelspec.architecture",
-        (
-            ("stable-diffusion-xl", "sdxl"),
-            ("stable-diffusion-v2", "sd2"),
-            ("stable-diffusion-v1", "sd1"),
-        ),
-    ),
-)
-
-
-# ------------------------------------------------------------------------- errors
-
-
-class LoraFileError(ServiceError):
-    """A LoRA file refused before anything was stored. ``filename`` is the name the user
-    gave it; the message says what is wrong."""
-
-    def __init__(self, filename: str, message: str):
-        self.filename = filename
-        super().__init__(f"{filename}: {message}")
-
-
-class NotSafetensors(LoraFileError):
-    """The file is not in the safetensors format (by its name)."""
-
-
-class PickleFile(LoraFileError):
-    """The file is a Python pickle (``.ckpt`` and friends, or one renamed): refused,
-    since loading a pickle can run code."""
-
-
-class FileTooLarge(LoraFileError):
-    """The file is larger than ``max_upload_mb``."""
-
-    def __init__(self, filename: str, size: int, limit: int):
-        self.size = size
-        self.limit = limit
-        super().__init__(
-            filename, f"the file is {size / 1e6:.1f} MB, more than the {limit / 1e6:.1f} MB allowed"
-        )
-
-
-class BadHeader(LoraFileError):
-    """The safetensors header is missing, truncated, not JSON, or describes tensors the
-    file does not hold."""
-
-
-class HeaderTooLarge(LoraFileError):
-    """The header length field claims more than :data:`MAX_HEADER_BYTES`."""
-
-    def __init__(self, filename: str, claimed: int, limit: int):
-        self.claimed = claimed
-        self.limit = limit
-        super().__init__(
-            filename,
-            f"the safetensors header claims {claimed} bytes, more than the {limit} bytes allowed",
-        )
-
-
-class TooManyTensors(LoraFileError):
-    """The file holds more than :data:`MAX_TENSORS` tensors."""
-
-    def __init__(self, filename: str, count: int, limit: int):
-        self.count = count
-        self.limit = limit
-        super().__init__(filename, f"the file holds {count} tensors, more than the {limit} allowed")
-
-
-class NotALora(LoraFileError):
-    """The keys are not (only) LoRA weights for the UNet or text encoders."""
-
-
-class FamilyUnknown(LoraFileError):
-    """Neither the shapes nor the metadata tell which base model the LoRA is for, and no
-    model was chosen."""
-
-
-class FamilyConflict(LoraFileError):
-    """The shapes point at different base model families."""
-
-
-class WrongFamily(LoraFileError):
-    """The LoRA is for another base model family than the model chosen for it."""
-
-    def __init__(self, filename: str, family: str, expected: str, model: str | None = None):
-        self.family = family
-        self.expected = expected
-        self.model = model
-        target = f"{model!r}, a {expected} model" if model else f"{expected} models"
-        super().__init__(
-            filename, f"this LoRA is for {family} models and cannot be used with {target}"
-        )
+_ALPHA_DTYPES = _FLOAT_DTYPES | {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"}
 
 
 # ------------------------------------------------------------------------- results
@@ -253,23 +136,16 @@ def check_lora_filename(filename: str) -> str:
     for pickle suffixes and :class:`NotSafetensors` for anything else."""
     base = re.split(r"[\\/]", str(filename))[-1].strip() or "upload"
     suffix = Path(base).suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise PickleFile(
-            base,
-            f"{suffix} files are Python pickles, and loading a pickle can run any code its "
-            f"author put in it; upload the .safetensors version of this LoRA instead",
-        )
+    try:
+        refuse_pickle(base, hint="Upload the .safetensors version of this LoRA instead.")
+    except UnsafeFileError as exc:
+        raise PickleFile(base, str(exc).removeprefix(f"{base}: ")) from None
     if suffix != ".safetensors":
         raise NotSafetensors(
             base,
             f"not a .safetensors file (suffix {suffix or 'none'!r}); LoRAs are accepted as .safetensors only",
         )
     return base
-
-
-def model_family_name(family: str) -> str:
-    """A checkpoint family as a LoRA family: ``sd2-v`` (SD2 768 px) is ``sd2``."""
-    return "sd2" if family.startswith("sd2") else family
 
 
 def stage_lora_upload(
@@ -340,38 +216,24 @@ def inspect_lora_file(
         raise BadHeader(name, f"cannot read the file: {exc.strerror or exc}") from None
     if max_bytes is not None and size > max_bytes:
         raise FileTooLarge(name, size, max_bytes)
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    claimed = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
     try:
-        header = read_safetensors_header(path)
+        header = read_safetensors_header(path, max_header_bytes=max_header_bytes)
     except UnsafeFileError as exc:
         raise PickleFile(name, _reader_message(exc, path)) from None
+    except _HeaderTooLarge as exc:
+        raise HeaderTooLarge(name, exc.claimed, max_header_bytes) from None
     except ModelError as exc:
-        if claimed > max_header_bytes:
-            raise HeaderTooLarge(name, claimed, max_header_bytes) from None
         raise BadHeader(name, _reader_message(exc, path)) from None
-    if claimed > max_header_bytes:
-        raise HeaderTooLarge(name, claimed, max_header_bytes)
     if len(header.shapes) > max_tensors:
         raise TooManyTensors(name, len(header.shapes), max_tensors)
     if not header.shapes:
         raise NotALora(name, "the file holds no tensors")
-    used = 0
     for key, dtype in header.dtypes.items():
-        allowed = _ALPHA_BYTES if key.endswith(".alpha") else _FLOAT_BYTES
+        allowed = _ALPHA_DTYPES if key.endswith(".alpha") else _FLOAT_DTYPES
         if dtype not in allowed:
             raise NotALora(
                 name, f"tensor {key!r} has dtype {dtype}; LoRA weights are floating point"
             )
-        used += math.prod(header.shapes[key]) * allowed[dtype]
-    data_size = size - 8 - claimed
-    if used != data_size:
-        raise BadHeader(
-            name,
-            f"the tensors take {used} bytes but the file holds {data_size} bytes of data after "
-            f"the header (extra or missing bytes)",
-        )
     key_format, components, rank, modules = classify_lora_keys(header.shapes, name)
     family, evidence = detect_lora_family(header.shapes, header.metadata, name)
     if family is None:
@@ -381,10 +243,10 @@ def inspect_lora_file(
                 "cannot tell which base model (SD1, SD2 or SDXL) this LoRA is for from its "
                 "shapes or metadata; choose the model it is for",
             )
-        family = model_family_name(expected_family)
+        family = lora_family(expected_family)
         evidence = f"taken from the chosen model {model_name or ''}".rstrip() + f" ({family})"
-    if expected_family is not None and family != model_family_name(expected_family):
-        raise WrongFamily(name, family, model_family_name(expected_family), model_name)
+    if expected_family is not None and family != lora_family(expected_family):
+        raise WrongFamily(name, family, lora_family(expected_family), model_name)
     return LoraFileInfo(
         sha256=sha256 or sha256_file(path),
         size_bytes=size,
@@ -488,62 +350,12 @@ def detect_lora_family(
     metadata: Mapping[str, str] | None = None,
     filename: str = "<lora>",
 ) -> tuple[str | None, str]:
-    """``(family, evidence)`` of a LoRA from its shapes, else its metadata; ``family`` is
-    None when neither tells.
-
-    Shapes: the input width of the UNet's cross-attention ``to_k``/``to_v`` (768 SD1,
-    1024 SD2, 2048 SDXL), the text encoder's width (768 SD1 or SDXL's first encoder, 1024
-    SD2), and a second text encoder (``text_encoder_2.``/``lora_te2_``, width 1280): SDXL.
-    Metadata: kohya's ``ss_base_model_version`` or ``modelspec.architecture``. Raises
-    :class:`FamilyConflict` when shapes disagree.
-    """
-    candidates = set(LORA_FAMILIES)
-    evidence: list[str] = []
-    has_te2 = False
-    for key, shape in shapes.items():
-        match = _DIFFUSERS_KEY.match(key) or _KOHYA_KEY.match(key)
-        if not match or len(shape) < 2 or match["alpha"]:
-            continue
-        groups = match.groupdict()
-        role = groups.get("ab") or groups.get("du") or groups.get("du2")
-        if role not in ("A", "down"):
-            continue
-        component = _KOHYA_COMPONENTS.get(match["component"], match["component"])
-        module, width = match["module"], int(shape[1])
-        found: set[str] | None = None
-        if component == "text_encoder_2":
-            has_te2 = True
-            found = {"sdxl"}
-            what = (
-                f"a second text encoder{' of width 1280' if width == _TEXT_ENCODER_2_WIDTH else ''}"
-            )
-        elif component == "unet" and _CROSS_ATTENTION_KV.search(module):
-            found = _UNET_CONTEXT_WIDTH.get(width)
-            what = f"UNet cross-attention width {width}"
-        elif component == "text_encoder" and _SELF_ATTENTION_PROJ.search(module):
-            found = _TEXT_ENCODER_WIDTH.get(width)
-            what = f"text encoder width {width}"
-        if found is None:
-            continue
-        if not candidates & found:
-            raise FamilyConflict(
-                filename,
-                f"its shapes disagree about the base model: {', '.join(dict.fromkeys(evidence))} "
-                f"but {what} ({'/'.join(sorted(found))})",
-            )
-        candidates &= found
-        evidence.append(f"{what} ({'/'.join(sorted(found))})")
-    shown = ", ".join(dict.fromkeys(evidence))
-    if len(candidates) == 1:
-        return next(iter(candidates)), shown
-    if candidates == {"sd1", "sdxl"} and not has_te2:
-        return "sd1", f"{shown}, without a second text encoder"
-    for meta_key, table in _METADATA_FAMILY:
-        value = str((metadata or {}).get(meta_key, "")).lower()
-        for marker, family in table:
-            if value.startswith(marker) and family in candidates:
-                return family, f"metadata {meta_key}={value!r}"
-    return None, shown or "no telling shapes or metadata"
+    """``(family, evidence)`` of a LoRA (:func:`runner.models.families.family_of_lora`),
+    raising :class:`FamilyConflict` when its shapes disagree."""
+    try:
+        return family_of_lora(shapes, metadata, filename)
+    except LoraFamilyConflict as exc:
+        raise FamilyConflict(filename, exc.detail) from None
 
 
 __all__ = [
@@ -567,6 +379,5 @@ __all__ = [
     "classify_lora_keys",
     "detect_lora_family",
     "inspect_lora_file",
-    "model_family_name",
     "stage_lora_upload",
 ]

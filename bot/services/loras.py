@@ -11,7 +11,6 @@ Every operation blocks (database and file work): the bot calls them with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from bot.services.lora_files import (
     StagedLora,
     WrongFamily,
     check_lora_filename,
-    model_family_name,
     stage_lora_upload,
 )
 from bot.services.storage import delete_unreferenced, relative_to_data, stored_path
@@ -34,6 +32,7 @@ from db.engine import Database
 from db.errors import FamilyMismatch, NameTaken
 from db.models import Lora
 from db.results import StoredFile
+from runner.models.families import lora_family
 from runner.settings import EngineSettings
 from runner.templates import GenerationRequest, LoraRef
 
@@ -91,44 +90,17 @@ class ResolvedLora:
 
 def model_family(settings: EngineSettings, model: str | None = None, manager: Any = None) -> str:
     """The LoRA family (``sd1``, ``sd2``, ``sdxl``) of checkpoint ``model`` (default: the
-    configured default model), without loading weights when the name says enough.
+    configured default model), without loading weights where the runner can tell
+    (:meth:`runner.models.manager.ModelManager.family`).
 
-    ``manager`` is the environment's :class:`runner.models.manager.ModelManager`: a
-    checkpoint it already holds answers at once. Otherwise: the built-in ``tiny-random``
-    is SD1; a single ``.safetensors`` file is inspected from its header
-    (:func:`runner.models.single_file.inspect_checkpoint`); a diffusers folder from its
-    configs; a hub model is loaded. Raises :class:`runner.errors.ModelError` for an
-    unknown name.
+    ``manager`` is the environment's model manager (one is made from ``settings`` when
+    none is given). Raises :class:`runner.errors.ModelError` for an unknown name.
     """
-    name = model or settings.default_model
-    if manager is not None:
-        for checkpoint in manager.loaded():
-            if checkpoint.name == name:
-                return model_family_name(checkpoint.family)
-    else:
+    if manager is None:
         from runner.models.manager import ModelManager  # imports torch
 
         manager = ModelManager(settings)
-    kind, location = manager.resolve_checkpoint(name)
-    if kind == "builtin":
-        return "sd1"
-    if kind == "file":
-        from runner.models.single_file import inspect_checkpoint
-
-        return model_family_name(inspect_checkpoint(Path(location), read_tensors=False).family)
-    if kind == "folder":
-        return _folder_family(Path(location))
-    return model_family_name(manager.checkpoint(name).family)
-
-
-def _folder_family(folder: Path) -> str:
-    index = json.loads((folder / "model_index.json").read_text())
-    if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
-        return "sdxl"
-    config = folder / "text_encoder" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("hidden_size") == 1024:
-        return "sd2"
-    return "sd1"
+    return lora_family(manager.family(model or settings.default_model))
 
 
 # ------------------------------------------------------------- request resolution

@@ -22,7 +22,7 @@ from bot.services.errors import UnsafeStoredPath
 from db.generations import count_init_image_references, count_output_references
 from db.loras import count_lora_file_references
 from db.results import StoredFile
-from runner.files import ordinary_mode, write_atomic
+from runner.files import UnsafePath, ordinary_mode, safe_relative_path, write_atomic
 
 IMAGES_FOLDER = "images"
 """Output images live in ``DATA_DIR/images/<sha256>.png``."""
@@ -41,9 +41,10 @@ def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
 def stored_path(data_dir: Path, rel_path: str) -> Path:
     """The absolute path of a file the database records as ``rel_path`` (relative to the
     data folder). Raises :class:`UnsafeStoredPath` for anything leading outside it."""
-    rel = Path(rel_path)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise UnsafeStoredPath(rel_path)
+    try:
+        rel = safe_relative_path(rel_path, what="stored path", folder="the data folder")
+    except UnsafePath:
+        raise UnsafeStoredPath(rel_path) from None
     return Path(data_dir) / rel
 
 

@@ -3,7 +3,10 @@
 Checkpoint names resolve, in order, to: the built-in ``tiny-random`` model; a file or a
 diffusers folder under ``checkpoints/`` (or ``diffusers/``) of a models folder in
 ComfyUI's layout; a Hugging Face repo id (``org/name``) when hub downloads are allowed.
-Weights load from safetensors only: pickle formats are refused before any byte is read.
+Weights load from safetensors only: pickle formats are refused before any byte is read
+(:mod:`runner.files`). :meth:`ModelManager.family` and :meth:`ModelManager.native_size`
+answer for a name without loading it (:mod:`runner.models.families`); a loaded model is a
+:class:`~runner.models.checkpoint.Checkpoint`.
 """
 
 from __future__ import annotations
@@ -13,148 +16,33 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
-from runner.errors import ModelError, UnsafeFileError
+from runner.errors import ModelError
+from runner.files import PICKLE_SUFFIXES, refuse_pickle, safe_relative_path
+from runner.models import families
+from runner.models.checkpoint import Checkpoint
 from runner.models.device import memory_budget_bytes, pick_device, pick_dtype
 from runner.models.tiny import TINY_NAME, tiny_model_dir
 from runner.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+TINY_FAMILY = "sd1"
+"""The built-in ``tiny-random`` model is a (tiny) SD1."""
+
 CHECKPOINT_FOLDERS = ("checkpoints", "diffusers")
 LORA_FOLDERS = ("loras",)
 
 
-def refuse_unsafe(path: str | Path) -> None:
-    """Raise UnsafeFileError for pickle-based weight files (they can run code when loaded)."""
-    if str(path).lower().endswith(UNSAFE_SUFFIXES):
-        raise UnsafeFileError(
-            f"{Path(str(path)).name}: pickle-based weights ({Path(str(path)).suffix}) can run arbitrary code "
-            "when loaded, so easel refuses them; convert the file to .safetensors first"
-        )
-
-
 def safe_relative_name(name: str) -> PurePosixPath:
-    """A model name as a relative path inside a models folder; refuses absolute paths and '..'."""
-    cleaned = name.replace("\\", "/")
-    rel = PurePosixPath(cleaned)
-    if (
-        not rel.parts
-        or rel.is_absolute()
-        or any(part in ("..", "") for part in rel.parts)
-        or ":" in rel.parts[0]
-    ):
-        raise ModelError(f"model name {name!r} must be a plain name relative to the models folder")
-    return rel
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: a diffusers pipeline plus what easel knows about it.
-
-    ``lock`` serialises use of the shared modules (LoRA switching, sampling).
-    """
-
-    name: str
-    family: str
-    pipe: Any
-    device: torch.device
-    dtype: torch.dtype
-    source: str
-    size_bytes: int
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    adapters: dict[str, str] = field(default_factory=dict)
-    """LoRA file key (path and mtime) -> adapter name, for adapters kept loaded."""
-    active: tuple | None = ()
-    """The (adapter, unet weight, text encoder weight) triples in force; None when unknown."""
-    loads: int = 0
-
-    @property
-    def is_xl(self) -> bool:
-        return self.family == "sdxl"
-
-    def activate_loras(
-        self,
-        unet: Sequence[tuple[Path, float]] = (),
-        text_encoder: Sequence[tuple[Path, float]] = (),
-    ) -> None:
-        """Make exactly these LoRAs active with these weights, loading any not yet loaded.
-
-        Call with ``lock`` held. Adapters stay loaded between jobs; only their weights
-        change (``set_adapters``), so switching costs about a millisecond.
-        """
-        wanted: dict[str, dict[str, float]] = {}
-        for component, items in (("unet", unet), ("text_encoder", text_encoder)):
-            for path, weight in items:
-                adapter = self._ensure_adapter(path)
-                weights = wanted.setdefault(adapter, {"unet": 0.0, "text_encoder": 0.0})
-                weights[component] += float(weight)
-        state = tuple(sorted((a, w["unet"], w["text_encoder"]) for a, w in wanted.items()))
-        if state == self.active:
-            return
-        if not wanted:
-            self.pipe.disable_lora()
-        else:
-            self.pipe.enable_lora()
-            names = list(wanted)
-            weights: list[dict[str, float]] = []
-            for name in names:
-                w = dict(wanted[name])
-                if self.is_xl:
-                    w["text_encoder_2"] = w["text_encoder"]
-                weights.append(w)
-            self.pipe.set_adapters(names, adapter_weights=weights)
-        self.active = state
-
-    def _ensure_adapter(self, path: Path) -> str:
-        key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
-        adapter = self.adapters.get(key)
-        if adapter is not None:
-            return adapter
-        from safetensors.torch import load_file
-
-        refuse_unsafe(path)
-        # Names are never reused, even after a failed load, and loading changes which
-        # adapters are active: the next activate_loras must set them again.
-        self.loads += 1
-        adapter = f"lora{self.loads}"
-        self.active = None
-        try:
-            state_dict = load_file(str(path))
-            self.pipe.load_lora_weights(state_dict, adapter_name=adapter)
-        except Exception as exc:
-            self._drop_partial_adapter(adapter)
-            raise ModelError(
-                f"LoRA {path.name} could not be loaded into {self.name}: {exc}"
-            ) from exc
-        self.adapters[key] = adapter
-        return adapter
-
-    def _drop_partial_adapter(self, adapter: str) -> None:
-        """Remove what a failed load left behind (it may have reached the UNet but not the
-        text encoder), so that it never changes later images."""
-        for component in ("unet", "text_encoder", "text_encoder_2"):
-            module = getattr(self.pipe, component, None)
-            if module is None or adapter not in (getattr(module, "peft_config", None) or {}):
-                continue
-            try:
-                if hasattr(module, "delete_adapters"):
-                    module.delete_adapters([adapter])
-                else:
-                    from diffusers.utils.peft_utils import delete_adapter_layers
-
-                    delete_adapter_layers(module, adapter)
-            except Exception:  # pragma: no cover - best effort; the adapter stays disabled
-                log.warning(
-                    "could not remove the partly loaded LoRA adapter %s", adapter, exc_info=True
-                )
+    """A model name as a relative path inside a models folder
+    (:func:`runner.files.safe_relative_path`); refuses absolute paths and ``..``."""
+    return safe_relative_path(name, what="model name", folder="the models folder")
 
 
 class ModelManager:
@@ -169,6 +57,7 @@ class ModelManager:
         self.load_seconds: dict[str, float] = {}
         self.extra_lora_paths: dict[str, Path] = {}
         """LoRAs registered by name from elsewhere (the bot's per-user library)."""
+        self._file_families: dict[tuple[str, int], str] = {}
 
     # Names ------------------------------------------------------------------------
     def checkpoint_names(self) -> list[str]:
@@ -196,7 +85,7 @@ class ModelManager:
                 base = root / folder
                 if base.is_dir():
                     found.extend(
-                        p for p in sorted(base.rglob("*")) if p.suffix.lower() in UNSAFE_SUFFIXES
+                        p for p in sorted(base.rglob("*")) if p.suffix.lower() in PICKLE_SUFFIXES
                     )
         return found
 
@@ -227,7 +116,7 @@ class ModelManager:
         """``(kind, location)`` for a checkpoint name: kind is builtin, file, folder or hub."""
         if name == TINY_NAME:
             return "builtin", TINY_NAME
-        refuse_unsafe(name)
+        refuse_pickle(name)
         rel = safe_relative_name(name)
         for root in self.settings.model_roots:
             for folder in CHECKPOINT_FOLDERS:
@@ -248,7 +137,7 @@ class ModelManager:
 
     def lora_path(self, name: str) -> Path:
         """The file of a LoRA name (with or without ``.safetensors``)."""
-        refuse_unsafe(name)
+        refuse_pickle(name)
         rel = safe_relative_name(name)
         for root in self.settings.model_roots:
             for folder in LORA_FOLDERS:
@@ -265,6 +154,61 @@ class ModelManager:
         raise ModelError(
             f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}"
         )
+
+    # Families ---------------------------------------------------------------------
+    def family(self, name: str) -> str:
+        """The family (``sd1``, ``sd2``, ``sd2-v``, ``sdxl``) of checkpoint ``name``,
+        without loading its weights where possible (see :mod:`runner.models.families`):
+
+        - a checkpoint already loaded answers at once;
+        - ``tiny-random`` is ``sd1``;
+        - a single ``.safetensors`` file: its header (and for SD2 a ``.yaml`` sidecar or
+          one 1.3 KB tensor), remembered until the file changes;
+        - a diffusers folder: its configs;
+        - a hub id: its configs fetched from the hub (a few KB); if they cannot be
+          fetched, the model is loaded, as loading it is what the job would do next.
+
+        Raises :class:`~runner.errors.ModelError` for a name that does not resolve.
+        """
+        loaded = self._loaded.get(name)
+        if loaded is not None:
+            return loaded.family
+        kind, location = self.resolve_checkpoint(name)
+        if kind == "builtin":
+            return TINY_FAMILY
+        if kind == "folder":
+            return families.family_of_folder(Path(location))
+        if kind == "file":
+            path = Path(location)
+            stamp = (str(path), path.stat().st_mtime_ns)
+            family = self._file_families.get(stamp)
+            if family is None:
+                family = families.family_of_checkpoint(path)
+                self._file_families[stamp] = family
+            return family
+        return self._hub_family(str(location))
+
+    def native_size(self, name: str) -> tuple[int, int]:
+        """``(width, height)`` checkpoint ``name`` was trained at: its family's
+        (:func:`runner.models.families.native_size`), found as :meth:`family` finds it."""
+        return families.native_size(self.family(name))
+
+    def _hub_family(self, repo_id: str) -> str:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(
+                repo_id,
+                allow_patterns=[
+                    "model_index.json",
+                    "text_encoder/config.json",
+                    "scheduler/scheduler_config.json",
+                ],
+            )
+            return families.family_of_folder(Path(folder))
+        except Exception:  # no network, gated repo...: fall back to loading it
+            log.info("could not fetch the configs of %s; loading it to learn its family", repo_id)
+            return self.checkpoint(repo_id).family
 
     # Loading ----------------------------------------------------------------------
     def checkpoint(self, name: str) -> Checkpoint:
@@ -328,9 +272,9 @@ class ModelManager:
         try:
             if kind == "builtin":
                 folder = tiny_model_dir(self.settings.cache_dir)
-                return self._from_folder(folder), "sd1"
+                return self._from_folder(folder), TINY_FAMILY
             if kind == "folder":
-                return self._from_folder(Path(location)), _folder_family(Path(location))
+                return self._from_folder(Path(location)), families.family_of_folder(Path(location))
             if kind == "file":
                 from runner.models.single_file import load_single_file
 
@@ -340,7 +284,7 @@ class ModelManager:
             pipe = DiffusionPipeline.from_pretrained(
                 str(location), torch_dtype=self.dtype, use_safetensors=True, safety_checker=None
             )
-            return pipe, _pipe_family(pipe)
+            return pipe, families.family_of_pipeline(pipe)
         except ModelError:
             raise
         except Exception as exc:
@@ -412,22 +356,3 @@ def _pipeline_bytes(pipe: Any) -> int:
             total += sum(p.numel() * p.element_size() for p in component.parameters())
     return total
 
-
-def _pipe_family(pipe: Any) -> str:
-    name = type(pipe).__name__
-    if "XL" in name:
-        return "sdxl"
-    hidden = getattr(getattr(pipe, "text_encoder", None), "config", None)
-    if hidden is not None and getattr(hidden, "hidden_size", 768) == 1024:
-        return "sd2"
-    return "sd1"
-
-
-def _folder_family(folder: Path) -> str:
-    index = json.loads((folder / "model_index.json").read_text())
-    if "XL" in str(index.get("_class_name", "")):
-        return "sdxl"
-    config = folder / "text_encoder" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("hidden_size") == 1024:
-        return "sd2"
-    return "sd1"

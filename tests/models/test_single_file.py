@@ -29,15 +29,12 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from runner.errors import ModelError, UnsafeFileError  # noqa: E402
-from runner.models import single_file  # noqa: E402
-from runner.models.single_file import (  # noqa: E402
-    FAMILIES,
-    detect_family,
-    family_config_dir,
-    inspect_checkpoint,
-    load_single_file,
-    read_safetensors_header,
-)
+from runner.files import read_safetensors_header  # noqa: E402
+from runner.models import configs  # noqa: E402
+from runner.models.configs import family_config_dir  # noqa: E402
+from runner.models.families import FAMILIES, inspect_checkpoint  # noqa: E402
+from runner.models.families import family_of_keys as detect_family  # noqa: E402
+from runner.models.single_file import load_single_file  # noqa: E402
 from runner.models.tokenizer import clip_tokenizer_dir, load_clip_tokenizer  # noqa: E402
 from tests.helpers.sd_layout import original_state_dict, write_original_layout  # noqa: E402
 from tests.helpers.tiny import (  # noqa: E402
@@ -258,7 +255,7 @@ def _fake_shipped(monkeypatch: pytest.MonkeyPatch, root: Path, family: str, pipe
     """Stand tiny configs in for the shipped ones of ``family``, tokenizers as shipped:
     ``tokenizer_config.json`` and ``special_tokens_map.json`` only."""
     folder = _configs_only(pipe, root / family)
-    monkeypatch.setattr(single_file, "CONFIGS_DIR", root)
+    monkeypatch.setattr(configs, "CONFIGS_DIR", root)
     return folder
 
 

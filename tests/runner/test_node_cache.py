@@ -118,6 +118,89 @@ def test_the_least_recently_used_entry_is_evicted_first():
     assert len(cache) == 2
 
 
+def test_output_bytes_count_tensors_in_outputs_and_handles_but_not_models(env):
+    from dataclasses import dataclass
+
+    import torch
+
+    from runner.cache import output_nbytes
+
+    image = torch.zeros(2, 64, 64, 3)  # 98,304 bytes
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}  # 2,048 bytes
+    conditioning = [[torch.zeros(1, 77, 32), {"pooled_output": torch.zeros(1, 32)}]]
+
+    @dataclass(frozen=True)
+    class Handle:
+        checkpoint: object
+        extra: dict
+
+    model = Handle(env.models.checkpoint("tiny-random"), {"mask": torch.zeros(16)})
+    assert output_nbytes((image,)) == 98_304
+    assert output_nbytes((latent,)) == 2_048
+    assert output_nbytes((conditioning,)) == (77 * 32 + 32) * 4
+    assert output_nbytes((model,)) == 64  # the mask; the loaded checkpoint counts 0
+    assert output_nbytes(((image, image), {"ui": ["a.png"]})) == 98_304  # the same tensor once
+    assert output_nbytes(((env.models.checkpoint("tiny-random").pipe.unet,), {})) == 0
+
+
+def test_the_byte_budget_evicts_least_recently_used_outputs():
+    import torch
+
+    from runner.cache import NodeCache
+
+    kb = torch.zeros(256)  # 1,024 bytes
+    cache = NodeCache(100, max_bytes=3_000)
+    cache.put("loader", ("a model handle",))  # no bytes
+    cache.put("a", (kb.clone(),))
+    cache.put("b", (kb.clone(),))
+    assert cache.get("a") is not None  # a is now more recent than b
+    cache.put("c", (kb.clone(),))
+    assert "b" not in cache
+    assert "a" in cache and "c" in cache and "loader" in cache
+    assert cache.nbytes == 2_048
+    cache.put("huge", (torch.zeros(1_000),))  # 4,000 bytes: more than the whole budget
+    assert "huge" not in cache and "a" in cache and "c" in cache  # and it evicted nothing
+    assert "loader" in cache  # entries without bytes are never evicted for bytes
+    cache.clear()
+    assert cache.nbytes == 0 and len(cache) == 0
+
+
+def test_an_image_heavy_workflow_stays_within_the_byte_budget(make_env, tmp_path):
+    from runner.cache import output_nbytes
+
+    big = dict(batch_size=4, width=128, height=128)
+    probe = make_env(data_dir=tmp_path / "probe")
+    first = probe.run(txt2img_workflow(probe, **big))
+    sizes = {node: output_nbytes(first.values[node]) for node in ALL}
+    assert sizes["8"] == 4 * 128 * 128 * 3 * 4  # the IMAGE batch dominates
+    assert sizes["3"] == sizes["5"] == 4 * 4 * 16 * 16 * 4  # LATENT batches
+    budget = sum(sizes.values()) - sizes["6"]  # one prompt's conditioning too little
+    env = make_env(node_cache_mb=budget / 1024**2)
+    workflow = txt2img_workflow(env, **big)
+    env.run(workflow)
+    assert 0 < env.node_cache.nbytes <= budget
+    assert len(env.node_cache) == len(ALL) - 1
+    again = env.run(workflow)
+    # The oldest entry holding bytes (the positive prompt's conditioning) was evicted first;
+    # the loader's handle holds no bytes and stays. (Running 6 again evicts the next oldest,
+    # and so on: least recently used, as the budget asks.)
+    assert again.cached[0] == "4" and again.executed[0] == "6"
+    assert env.node_cache.nbytes <= budget
+    tiny = make_env(node_cache_mb=sizes["8"] / 2 / 1024**2)
+    tiny.run(workflow)
+    assert tiny.node_cache.nbytes <= sizes["8"] / 2  # the image batch alone is too big: not kept
+    assert tiny.run(workflow).executed == ["8"]
+
+
+def test_the_byte_budget_keeps_a_seed_only_rerun_cheap(make_env):
+    env = make_env(node_cache_mb=64)
+    workflow = txt2img_workflow(env)
+    env.run(workflow)
+    result = env.run(with_inputs(workflow, "3", seed=6))
+    assert result.executed == ["3", "8", "9"]
+    assert result.cached == ["4", "6", "7", "5"]
+
+
 def test_cache_key_covers_class_literals_links_and_extra():
     from runner.cache import cache_key
 

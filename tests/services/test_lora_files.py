@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bot.services import lora_files as lf
+from runner.models.families import lora_family
 from tests.services.lora_factory import files_under, raw_safetensors, safetensors_bytes
 
 MB = 1024 * 1024
@@ -244,7 +245,7 @@ def test_wrong_family_for_the_chosen_model(make_fake_lora, tmp_path, lora, model
     with pytest.raises(lf.WrongFamily, match=f"for {lora} models") as info:
         stage(make_fake_lora(lora), tmp_path, expected_family=model, model_name="my-model")
     assert "'my-model'" in str(info.value)
-    assert info.value.expected == lf.model_family_name(model)
+    assert info.value.expected == lora_family(model)
     assert files_under(tmp_path) == []
 
 
