@@ -67,7 +67,6 @@ def clip_text_encode(ctx: NodeContext, text: str, clip: ClipHandle):
     return (Conditioning(embeds.float().cpu()),)
 
 
-
 @hookimpl
 def easel_node_types():
     """ComfyUI's prompt encoding and clip skip."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from runner import Input, NodeContext, VaeHandle, hookimpl, node
+from runner import Input, Latent, NodeContext, VaeHandle, hookimpl, node
 from runner import types as T
 from runner.diffusion.common import MAX_RESOLUTION, resize_nchw
 
@@ -58,7 +58,7 @@ def _vae_run(ctx: NodeContext, vae: VaeHandle, pixels_hw: tuple[int, int], fn):
     outputs=(T.IMAGE,),
     category="latent",
 )
-def vae_decode(ctx: NodeContext, samples: dict, vae: VaeHandle):
+def vae_decode(ctx: NodeContext, samples: Latent, vae: VaeHandle):
     """Decodes latents into images."""
     latents = samples["samples"]
 
@@ -118,7 +118,7 @@ UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
     category="latent",
 )
 def latent_upscale(
-    ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str
+    ctx: NodeContext, samples: Latent, upscale_method: str, width: int, height: int, crop: str
 ):
     """Resizes latents to a size in pixels (0 keeps the aspect ratio from the other side)."""
     latents = samples["samples"]
@@ -139,7 +139,7 @@ def latent_upscale(
     outputs=(T.LATENT,),
     category="latent",
 )
-def latent_upscale_by(ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float):
+def latent_upscale_by(ctx: NodeContext, samples: Latent, upscale_method: str, scale_by: float):
     """Resizes latents by a factor."""
     latents = samples["samples"]
     w = round(latents.shape[-1] * scale_by)
@@ -162,7 +162,7 @@ def latent_upscale_by(ctx: NodeContext, samples: dict, upscale_method: str, scal
     outputs=(T.LATENT,),
     category="latent",
 )
-def repeat_latent_batch(ctx: NodeContext, samples: dict, amount: int):
+def repeat_latent_batch(ctx: NodeContext, samples: Latent, amount: int):
     """Repeats a latent batch ``amount`` times."""
     # Validation checks amount alone; repeating a batch (or a repeat) must stay within it too.
     size = samples["samples"].shape[0] * amount
@@ -174,8 +174,6 @@ def repeat_latent_batch(ctx: NodeContext, samples: dict, amount: int):
     out = dict(samples)
     out["samples"] = samples["samples"].repeat(amount, 1, 1, 1)
     return (out,)
-
-
 
 
 @hookimpl

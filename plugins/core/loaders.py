@@ -90,8 +90,6 @@ def lora_loader(
     return new_model, new_clip
 
 
-
-
 @hookimpl
 def easel_node_types():
     """ComfyUI's checkpoint and LoRA loaders."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from runner import Input, ModelHandle, NodeContext, hookimpl, node
+from runner import Conditioning, Input, Latent, ModelHandle, NodeContext, hookimpl, node
 from runner import types as T
 from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
 from runner.diffusion.sampling import SampleJob, latent_preview, sample
@@ -23,7 +23,14 @@ SAMPLER_NAMES = tuple(SAMPLERS)
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 
 
-def _run_sampler(ctx: NodeContext, model: ModelHandle, positive, negative, latent_image, **kwargs):
+def _run_sampler(
+    ctx: NodeContext,
+    model: ModelHandle,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent_image: Latent,
+    **kwargs,
+):
     ckpt = model.checkpoint
     samples = latent_image["samples"]
     if samples.shape[1] != ckpt.pipe.unet.config.in_channels:
@@ -159,7 +166,6 @@ def ksampler_advanced(
         end_step=end_at_step,
         force_full_denoise=return_with_leftover_noise == "disable",
     )
-
 
 
 @hookimpl
