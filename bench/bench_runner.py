@@ -41,9 +41,7 @@ def main() -> None:
     from diffusers import EulerDiscreteScheduler
     from diffusers.utils import logging as dlogging
 
-    from runner.environment import Environment
-    from runner.settings import EngineSettings
-    from runner.templates import GenerationRequest
+    from runner import EngineSettings, Environment, GenerationRequest
 
     dlogging.disable_progress_bar()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="easel-bench-"))

@@ -15,8 +15,11 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "easel"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "plugins.core_nodes",
-    "plugins.image_nodes",
+    "plugins.core.loaders",
+    "plugins.core.conditioning",
+    "plugins.core.sampling",
+    "plugins.core.latent",
+    "plugins.core.image",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",

@@ -1,4 +1,7 @@
-"""ComfyUI's type vocabulary for node inputs and outputs."""
+"""ComfyUI's type vocabulary for node inputs and outputs.
+
+The values behind MODEL, CLIP, VAE, CONDITIONING and LATENT are in :mod:`runner.handles`.
+"""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 
 Each job of a batch runs its own workflow; its KSampler hands a :class:`SamplerCall` to
 the batch's meeting point (:class:`runner.jobs.batching.SamplerBatch`), and
-:func:`sample_calls` runs the calls that can share a denoising loop as one: latents and
-prompt embeddings concatenated, the UNet run once per step for all of them, noise and
-scheduler state per job from each job's seed (``sample(..., batch_seeds=...)``). Each
-job gets the latents it would have got alone, up to the last bits of floating point.
+:func:`sample_calls` groups the calls that can share a denoising loop (same checkpoint,
+LoRAs, sampler options and shapes) and runs each group as one
+:func:`~runner.diffusion.sampling.sample` over its jobs, fanning the progress out to each
+job. Each job gets the latents it would have got alone, up to the last bits of floating
+point.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 
 from runner import events as ev
 from runner.context import NodeContext
-from runner.diffusion.sampling import Conditioning, latent_preview, sample
+from runner.diffusion.sampling import SampleJob, latent_preview, sample
 from runner.errors import JobCancelled
+from runner.handles import Conditioning, ModelHandle
 
 
 @dataclass
@@ -26,7 +28,7 @@ class SamplerCall:
     """What one job's sampler node would have sampled alone."""
 
     ctx: NodeContext
-    model: Any
+    model: ModelHandle
     """The job's MODEL handle (checkpoint and UNet LoRAs)."""
     positive: Conditioning
     negative: Conditioning
@@ -49,17 +51,6 @@ def _group_key(call: SamplerCall) -> tuple:
         _shape(call.positive),
         _shape(call.negative),
     )
-
-
-def _cat(conds: list[Conditioning], counts: list[int]) -> Conditioning:
-    def rows(t: torch.Tensor, n: int) -> torch.Tensor:
-        return t if t.shape[0] == n else t[:1].repeat(n, *([1] * (t.dim() - 1)))
-
-    embeds = torch.cat([rows(c.embeds, n) for c, n in zip(conds, counts, strict=True)])
-    pooled = None
-    if conds[0].pooled is not None:
-        pooled = torch.cat([rows(c.pooled, n) for c, n in zip(conds, counts, strict=True)])
-    return Conditioning(embeds, pooled)
 
 
 def sample_calls(items: list[tuple[str, SamplerCall]]) -> list[torch.Tensor]:
@@ -97,16 +88,7 @@ def _sample_group(calls: list[SamplerCall]) -> list[torch.Tensor]:
             raise JobCancelled(f"every job of the batch was cancelled at step {i}")
 
     kwargs = {k: v for k, v in first.kwargs.items() if k != "seed"}
+    jobs = [SampleJob(c.kwargs.get("seed", 0), c.samples, c.positive, c.negative) for c in calls]
     with ckpt.lock:
         ckpt.activate_loras(unet=first.model.loras, text_encoder=())
-        out = sample(
-            ckpt,
-            seed=first.kwargs.get("seed", 0),
-            positive=_cat([c.positive for c in calls], counts),
-            negative=_cat([c.negative for c in calls], counts),
-            latent=torch.cat([c.samples for c in calls]),
-            on_step=on_step,
-            batch_seeds=[(c.kwargs.get("seed", 0), n) for c, n in zip(calls, counts, strict=True)],
-            **kwargs,
-        )
-    return [out[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+        return sample(ckpt, jobs, on_step=on_step, **kwargs)

@@ -6,8 +6,9 @@ own decode and file. When a job's sampler node is reached, it hands its call to 
 job's :class:`SamplerBatch` (found in ``NodeContext.extra["sampler_batch"]``) instead of
 sampling alone; once every job of the batch has arrived (or finished without needing
 the sampler, e.g. from the node cache), one thread runs a combined call for all of them
-and each gets its own slice back. The combining itself is the sampler plugin's
-business (``runner.diffusion.batched``); this module only does the meeting.
+and each gets its own slice back. The combining itself is the sampling loop's business
+(``runner.diffusion.batched`` groups the calls, ``runner.diffusion.sampling.sample`` runs
+them); this module only does the meeting.
 """
 
 from __future__ import annotations

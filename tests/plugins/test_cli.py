@@ -43,7 +43,7 @@ def test_plugins_commands(easel, database, offline_builds, monkeypatch, example)
     listed = json.loads(easel("plugins", "list", "--json").output)
     by_name = {p["name"]: p for p in listed}
     assert by_name[NAME]["status"] == "enabled" and by_name[NAME]["version"] == "0.1.0"
-    assert by_name["plugins.core_nodes"]["kind"] == "builtin"
+    assert by_name["plugins.core.sampling"]["kind"] == "builtin"
 
     info = json.loads(easel("plugins", "info", "easel_plugin_example", "--json").output)
     assert info["source"] == str(example) and len(info["wheel_sha256"]) == 64

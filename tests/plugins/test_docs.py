@@ -10,6 +10,7 @@ import re
 
 import pytest
 from plugin_testlib import REPO
+from public_api import private_runner_imports
 
 from runner import hookspecs
 
@@ -63,3 +64,49 @@ def test_hook_has_a_test(name):
     pattern = re.compile(rf"^\s*(async\s+)?def test_hook_{name}\b", re.MULTILINE)
     tests = [p for p in (REPO / "tests").rglob("test_*.py") if pattern.search(p.read_text())]
     assert tests, f"no test named test_hook_{name} under tests/"
+
+
+# The guide's own examples keep to the public API it asks plugin authors to keep to.
+
+CODE_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def code_blocks() -> list[tuple[int, str]]:
+    """Every python code block of docs/plugins.md with the line it starts on, except the
+    hook signatures (``name(arg: type) -> ...`` is a signature, not a statement; they are
+    checked against the hookspecs above)."""
+    text = DOCS.read_text()
+    signatures = {code.strip() for _, code in SECTION.findall(text)}
+    return [
+        (text.count("\n", 0, match.start()) + 2, match.group(1))
+        for match in CODE_BLOCK.finditer(text)
+        if match.group(1).strip() not in signatures
+    ]
+
+
+def test_the_guide_has_examples_that_import_runner():
+    blocks = code_blocks()
+    assert len(blocks) >= 10
+    assert sum("from runner import" in code for _, code in blocks) >= 2
+
+
+@pytest.mark.parametrize(
+    "line, code", [pytest.param(line, code, id=f"line{line}") for line, code in code_blocks()]
+)
+def test_example_compiles_and_imports_only_public_names(line, code):
+    compile(code, f"docs/plugins.md:{line}", "exec")
+    bad = private_runner_imports(code, f"docs/plugins.md:{line}")
+    assert not bad, f"the example at docs/plugins.md:{line} imports private names: {bad}"
+
+
+def test_the_import_check_catches_private_imports():
+    code = (
+        "import runner\nfrom runner import node, types as T\n"
+        "from runner.environment import Environment\nimport runner.plugin_host\n"
+        "from runner import plugin_host\n"
+    )
+    assert private_runner_imports(code) == [
+        "line 3: from runner.environment import ...",
+        "line 4: import runner.plugin_host",
+        "line 5: from runner import plugin_host (not in runner.__all__)",
+    ]

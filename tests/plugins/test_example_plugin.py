@@ -11,7 +11,8 @@ import re
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from plugin_testlib import OWNER, PIP_OFFLINE, audit_actions, run_job, tiny_workflow
+from plugin_testlib import EXAMPLE, OWNER, PIP_OFFLINE, audit_actions, run_job, tiny_workflow
+from public_api import private_runner_imports
 
 from db import plugins as db_plugins
 from runner.errors import WorkflowInvalid
@@ -149,3 +150,14 @@ def test_plugins_loaded_from_entry_points_before_the_host_are_adopted(
         service.close()
     finally:
         env.close()
+
+
+def test_the_example_imports_only_what_runner_exports():
+    """The example is what plugin authors copy: it keeps to ``runner.__all__``."""
+    modules = sorted((EXAMPLE / "src").rglob("*.py"))
+    assert modules
+    for path in modules:
+        source = path.read_text()
+        assert "from runner import" in source or path.name != "__init__.py"
+        bad = private_runner_imports(source, str(path))
+        assert not bad, f"{path.relative_to(EXAMPLE)} imports private names: {bad}"

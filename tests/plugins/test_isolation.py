@@ -220,11 +220,11 @@ def test_plugin_that_raises_in_a_hook_or_clashes(plugin_settings, database, make
     service = runtime.service
     assert "raised in easel_node_types: KeyError" in service.info(OWNER, "grumpy").error
     assert (
-        "'KSampler' is already provided by plugins.core_nodes"
+        "'KSampler' is already provided by plugins.core.sampling"
         in service.info(OWNER, "usurper").error
     )
     assert "not a list of WorkflowTemplate" in service.info(OWNER, "liar").error
-    assert runtime.env.node_types["KSampler"].plugin == "plugins.core_nodes"
+    assert runtime.env.node_types["KSampler"].plugin == "plugins.core.sampling"
     assert {s.name for s in service.list_plugins(OWNER) if s.status == "failed"} == {
         "grumpy",
         "usurper",

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from runner_testlib import image_of, latent_of, txt2img_workflow
 
-from plugins.image_nodes import IMAGE_UPSCALE_METHODS
+from plugins.core.image import IMAGE_UPSCALE_METHODS
 
 
 class Ctx:

@@ -60,7 +60,7 @@ def test_parameters_list_loras_and_denoise(env):
             "strength_clip": 1,
         },
     }
-    from plugins.image_nodes import _parameters_for
+    from plugins.core.image import _parameters_for
 
     workflow["3"]["inputs"].update(model=["20", 0], denoise="0.5")
     params = _parameters_for(workflow, "9")

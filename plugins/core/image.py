@@ -13,10 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from plugins.core_nodes import MAX_RESOLUTION, center_crop_nchw, resize_nchw, target_size
-from runner import Input, hookimpl, node
+from runner import Input, NodeContext, hookimpl, node
 from runner import types as T
-from runner.context import NodeContext
+from runner.diffusion.common import MAX_RESOLUTION, center_crop_nchw, resize_nchw, target_size
 from runner.files import write_atomic
 from runner.images import (
     a1111_parameters,
