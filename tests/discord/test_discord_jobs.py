@@ -19,12 +19,12 @@ from bot.discord.reporting import Reporter, Status, job_events
 from bot.services.generation import Destination, GenerationService, Submission
 from bot.services.history import History
 from bot.services.jobs import JobResult, JobService
-from bot.services.parsing import ImagineRequest
 from bot.settings import Settings
 from db import jobs as db_jobs
 from db.engine import Database
 from runner import events as ev
 from runner.jobs import DONE, FAILED, EventBus, JobEnded, JobOutcome, JobRunner, OutputImage
+from runner.templates import GenerationRequest
 
 INTERVAL = 0.3
 
@@ -233,8 +233,8 @@ def stub_bot(tmp_path, cache_folder):
     db.close()
 
 
-def request(prompt: str) -> ImagineRequest:
-    return ImagineRequest(
+def request(prompt: str) -> GenerationRequest:
+    return GenerationRequest(
         prompt=prompt,
         negative="",
         seed=5,
@@ -244,7 +244,7 @@ def request(prompt: str) -> ImagineRequest:
         scheduler="normal",
         width=64,
         height=64,
-        count=1,
+        batch_size=1,
         model="tiny-random",
         strength=0.75,
     )
