@@ -26,14 +26,20 @@ from bot.discord.reporting import Reporter
 from bot.discord.requests import RequestBuilder
 from bot.discord.views import ResultButton
 from bot.services.generation import GenerationService
+from bot.services.loras import LoraLibrary
 from bot.services.moderation import Gate
+from bot.services.preferences import Preferences
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.imagine",
     "bot.discord.cogs.remix",
-    "bot.discord.cogs.user",
+    "bot.discord.cogs.settings",
+    "bot.discord.cogs.lora",
+    "bot.discord.cogs.history",
+    "bot.discord.cogs.queue",
+    "bot.discord.cogs.privacy",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.plugins",
 )
@@ -85,6 +91,8 @@ class EaselBot(commands.Bot):
             jobs.poster = self.reporter.post_result
         self.jobs = jobs
         self.generations = GenerationService(env, database, settings, jobs)
+        self.loras = LoraLibrary(database, settings)
+        self.preferences = Preferences(database, settings)
         self.requests = RequestBuilder(self)
         self.actions = ResultActions(self)
         self._background: set[asyncio.Task] = set()
@@ -95,7 +103,9 @@ class EaselBot(commands.Bot):
         """Start the job service (recovering what a previous run left: jobs queued or
         running run again, results never posted are posted), register the persistent
         buttons, load the cogs, and sync commands only when asked."""
-        report = await self.jobs.astart()
+        if self.jobs.loop is None:  # async posters are run on this loop
+            self.jobs.loop = asyncio.get_running_loop()
+        report = await asyncio.to_thread(self.jobs.start)
         self._jobs_started = True
         if report.requeued or report.resumed or report.reposted:
             log.warning(
@@ -190,6 +200,8 @@ class EaselBot(commands.Bot):
         try:
             if self._jobs_started and not self._jobs_stopped:
                 self._jobs_stopped = True
-                await self.jobs.astop(timeout=self.settings.shutdown_timeout_s)
+                await asyncio.to_thread(
+                    self.jobs.stop, timeout=self.settings.shutdown_timeout_s
+                )
         finally:
             await super().close()

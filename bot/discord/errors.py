@@ -1,8 +1,15 @@
-"""Turning any error into one short sentence for the user; details go to the log."""
+"""Turning any error into one short sentence for the user; details go to the log.
+
+:func:`friendly` chooses the sentence; :class:`reported` is the one error handler of the
+commands, buttons and modals (``async with reported(interaction) as attempt: ...``), and
+the command tree's ``on_error`` (see :mod:`bot.discord.client`) catches the rest.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("bot.discord")
 
@@ -23,9 +30,9 @@ def sentence(text: str, limit: int = 300) -> str:
 def friendly(exc: BaseException) -> str:
     """The sentence a user sees for ``exc``. Unexpected errors are logged with their
     traceback and shown as a generic sentence."""
+    from bot.services.errors import DbError, NotFound
     from bot.services.moderation import Refused
     from bot.services.parsing import ParseError
-    from db.errors import DbError, NotFound
     from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
     from runner.images import BadImage
 
@@ -62,3 +69,48 @@ def friendly(exc: BaseException) -> str:
         return "I don't have permission to do that in this channel."
     log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
     return GENERIC
+
+
+class reported:
+    """``async with reported(target) as attempt:`` runs the block; an error raised in it
+    reaches the user as ``⚠️`` and :func:`friendly`'s sentence (unexpected ones are
+    logged there), is not raised further, and ``attempt.failed`` is True after it.
+
+    ``target`` is an interaction (answered ephemerally, ``say_kwargs`` go with the
+    answer, e.g. ``view=None``) or an async callable that shows a text (a status
+    message's ``close``, a text command's reply).
+    """
+
+    def __init__(self, target: Any, **say_kwargs: Any):
+        self.target = target
+        self.say_kwargs = say_kwargs
+        self.error: Exception | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the block raised (and the user was told)."""
+        return self.error is not None
+
+    async def __aenter__(self) -> reported:
+        return self
+
+    async def __aexit__(self, kind, error, traceback) -> bool:
+        if not isinstance(error, Exception):
+            return False
+        self.error = error
+        await tell(self.target, f"⚠️ {friendly(error)}", **self.say_kwargs)
+        return True
+
+
+async def tell(target: Any, text: str, **say_kwargs: Any) -> None:
+    """Show ``text`` on ``target``: an interaction (see :func:`bot.discord.actions.say`)
+    or an async callable taking the text."""
+    import discord
+
+    if isinstance(target, discord.Interaction):
+        from bot.discord.actions import say
+
+        await say(target, text, **say_kwargs)
+        return
+    show: Callable[[str], Awaitable[Any]] = target
+    await show(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from db.errors import DbError, NotFound  # the data layer's errors, for the bot's edges
+
 
 class ServiceError(Exception):
     """Base class of every error the service layer raises on purpose."""
@@ -35,4 +37,11 @@ class UnsafeStoredPath(ServiceError):
         super().__init__(f"stored path {path!r} points outside the data folder; refusing to use it")
 
 
-__all__ = ["ExportTargetNotEmpty", "MissingFile", "ServiceError", "UnsafeStoredPath"]
+__all__ = [
+    "DbError",
+    "ExportTargetNotEmpty",
+    "MissingFile",
+    "NotFound",
+    "ServiceError",
+    "UnsafeStoredPath",
+]
