@@ -53,7 +53,9 @@ class Submission:
         default strength (a txt2img request records no strength of its own)."""
         if self.init_image:
             return self.request.model_copy(update={"init_image": self.init_image})
-        return self.request.model_copy(update={"init_image": None, "strength": DEFAULTS.strength})
+        return self.request.model_copy(
+            update={"init_image": None, "strength": DEFAULTS.strength}
+        )
 
 
 @dataclass
@@ -245,18 +247,25 @@ class GenerationService:
         return input_from_output(self.settings, outputs[index].path)
 
 
+_NOT_CARRIED = {"loras", "init_image", "template", "filename_prefix"}
+"""Request fields a past generation's request does not take from its stored parameters."""
+
+
 def _stored_loras(items: Any) -> list[LoraRef]:
     """Stored LoRAs (dicts as the history records them, or older ``[name, weight]``
     pairs) as requested LoRAs; a weight not recorded stays unset."""
     refs = []
     for item in items or []:
         if isinstance(item, dict):
-            name, weight, clip = item.get("name"), item.get("strength_model"), item.get("strength_clip")
+            name, weight = item.get("name"), item.get("strength_model")
+            clip = item.get("strength_clip")
         elif isinstance(item, list | tuple) and item:
             name, weight, clip = item[0], item[1] if len(item) > 1 else None, None
         else:
             continue
-        given = {"strength_clip": clip} if weight is None else {"strength_model": float(weight), "strength_clip": clip}
+        given: dict[str, Any] = {"strength_clip": clip}
+        if weight is not None:
+            given["strength_model"] = float(weight)
         refs.append(LoraRef(name=str(name), **given))
     return refs
 
@@ -269,7 +278,7 @@ def request_from_generation(generation, **changes: Any) -> GenerationRequest:
     p = dict(generation.parameters or {})
     if p.get("batch_size") is None and p.get("count") is not None:  # older records
         p["batch_size"] = p["count"]
-    fields = set(GenerationRequest.model_fields) - {"loras", "init_image", "template", "filename_prefix"}
+    fields = set(GenerationRequest.model_fields) - _NOT_CARRIED
     given = {k: p[k] for k in fields if p.get(k) not in (None, "")}
     given.update(
         prompt=generation.prompt,
