@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.actions import ResultActions
-from bot.discord.errors import friendly
+from bot.discord.errors import command_error
 from bot.discord.reporting import Reporter
 from bot.discord.requests import RequestBuilder
 from bot.discord.views import ResultButton
@@ -172,20 +172,9 @@ class EaselBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        """Any command error reaches the user as one sentence; details go to the log."""
-        original = getattr(error, "original", error)
-        if isinstance(error, app_commands.CheckFailure):
-            text = "You are not allowed to use that command."
-        elif isinstance(
-            error, app_commands.TransformerError | app_commands.CommandSignatureMismatch
-        ):
-            text = "That command's options were not understood; the commands may need a sync."
-            log.warning("app command error: %s", error)
-        else:
-            text = friendly(original)
-        from bot.discord.actions import say
-
-        await say(interaction, f"⚠️ {text}")
+        """Any command error reaches the user as one sentence; details go to the log
+        (see :func:`bot.discord.errors.command_error`)."""
+        await command_error(interaction, error)
 
     async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         """Mentions that are not commands (prompts for reply-to-image) are not errors."""

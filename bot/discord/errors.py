@@ -1,8 +1,9 @@
 """Turning any error into one short sentence for the user; details go to the log.
 
-:func:`friendly` chooses the sentence; :class:`reported` is the one error handler of the
-commands, buttons and modals (``async with reported(interaction) as attempt: ...``), and
-the command tree's ``on_error`` (see :mod:`bot.discord.client`) catches the rest.
+:func:`friendly` chooses the sentence and :func:`tell` shows it. :class:`reported` is
+the error handler of the commands, buttons, modals and mentions
+(``async with reported(interaction) as attempt: ...``); :func:`command_error`, the
+command tree's ``on_error``, catches what an application command left unhandled.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def sentence(text: str, limit: int = 300) -> str:
 def friendly(exc: BaseException) -> str:
     """The sentence a user sees for ``exc``. Unexpected errors are logged with their
     traceback and shown as a generic sentence."""
-    from bot.services.errors import DbError, NotFound
+    from bot.services.errors import DbError, NotFound, ServiceError
     from bot.services.moderation import Refused
     from bot.services.parsing import ParseError
     from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
@@ -55,13 +56,8 @@ def friendly(exc: BaseException) -> str:
         return sentence(f"The generation failed: {exc.message}")
     if isinstance(exc, EaselError):
         return sentence(str(exc))
-    try:
-        from bot.services.errors import ServiceError
-
-        if isinstance(exc, ServiceError):
-            return sentence(str(exc))
-    except ImportError:  # pragma: no cover - the services package is optional here
-        pass
+    if isinstance(exc, ServiceError):
+        return sentence(str(exc))
     import discord
 
     if isinstance(exc, discord.Forbidden):
@@ -100,6 +96,22 @@ class reported:
         self.error = error
         await tell(self.target, f"⚠️ {friendly(error)}", **self.say_kwargs)
         return True
+
+
+async def command_error(interaction: Any, error: Exception) -> None:
+    """The command tree's ``on_error``: an application command's error that its callback
+    did not handle (``reported``) reaches the user as one sentence."""
+    from discord import app_commands
+
+    original = getattr(error, "original", error)
+    if isinstance(error, app_commands.CheckFailure):
+        text = "You are not allowed to use that command."
+    elif isinstance(error, app_commands.TransformerError | app_commands.CommandSignatureMismatch):
+        text = "That command's options were not understood; the commands may need a sync."
+        log.warning("app command error: %s", error)
+    else:
+        text = friendly(original)
+    await tell(interaction, f"⚠️ {text}")
 
 
 async def tell(target: Any, text: str, **say_kwargs: Any) -> None:
