@@ -20,6 +20,7 @@ from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
 from runner.settings import EngineSettings
+from runner.templates import DEFAULTS
 
 
 class RoleLimit(BaseModel):
@@ -122,7 +123,7 @@ class Settings(EngineSettings):
         description="Per-role limits (max_steps, max_width, max_height, max_count).",
     )
     default_steps: int = Field(
-        default=20, ge=1, description="Steps when neither the user nor the prompt says."
+        default=DEFAULTS.steps, ge=1, description="Steps when neither the user nor the prompt says."
     )
     default_width: int | None = Field(
         default=None, ge=64, description="Width when unset; None = the model's."
@@ -130,9 +131,9 @@ class Settings(EngineSettings):
     default_height: int | None = Field(
         default=None, ge=64, description="Height when unset; None = the model's."
     )
-    default_cfg: float = Field(default=7.0, ge=0, le=30)
-    default_sampler: str = "euler"
-    default_scheduler: str = "normal"
+    default_cfg: float = Field(default=DEFAULTS.cfg, ge=0, le=30)
+    default_sampler: str = DEFAULTS.sampler
+    default_scheduler: str = DEFAULTS.scheduler
     max_count: int = Field(
         default=4, ge=1, le=4, description="Images per /imagine for members without a role limit."
     )

@@ -3,6 +3,10 @@
 Slash commands and the command line never build graphs by hand: they fill a
 :class:`GenerationRequest` and a :class:`WorkflowTemplate` (from a plugin) turns it into
 a workflow in ComfyUI's API format.
+
+:data:`DEFAULTS` is the one place the request's defaults are written (steps, cfg,
+sampler, scheduler, size, img2img strength...); the bot's parser, its settings and the
+command line read them from here.
 """
 
 from __future__ import annotations
@@ -17,6 +21,27 @@ from pydantic import BaseModel, Field, field_validator
 MAX_SEED = 2**64 - 1  # ComfyUI's seed range
 
 
+@dataclass(frozen=True)
+class RequestDefaults:
+    """The values a :class:`GenerationRequest` takes when nobody names them."""
+
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    strength: float = 0.75
+    """img2img denoise (ComfyUI's ``denoise``): how much of the init image is redrawn."""
+    negative: str = ""
+    filename_prefix: str = "easel"
+
+
+DEFAULTS = RequestDefaults()
+"""The request defaults; read them, never write the numbers again."""
+
+
 class LoraRef(BaseModel):
     """A LoRA by name with its strengths for the UNet and the text encoder."""
 
@@ -26,28 +51,35 @@ class LoraRef(BaseModel):
 
     @property
     def clip_strength(self) -> float:
+        """The text-encoder strength: ``strength_clip``, else the UNet's."""
         return self.strength_model if self.strength_clip is None else self.strength_clip
+
+    @property
+    def weight(self) -> float | None:
+        """The UNet strength the request asked for; None when it did not set one (the
+        bot then uses the LoRA's own default weight)."""
+        return self.strength_model if "strength_model" in self.model_fields_set else None
 
 
 class GenerationRequest(BaseModel):
     """Everything a person can ask for in one generation."""
 
     prompt: str = Field(min_length=0, max_length=8000)
-    negative: str = Field(default="", max_length=8000)
+    negative: str = Field(default=DEFAULTS.negative, max_length=8000)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    steps: int = Field(default=20, ge=1, le=10000)
-    cfg: float = Field(default=7.0, ge=0.0, le=100.0)
-    sampler: str = "euler"
-    scheduler: str = "normal"
-    width: int = Field(default=512, ge=16, le=16384)
-    height: int = Field(default=512, ge=16, le=16384)
-    batch_size: int = Field(default=1, ge=1, le=4096)
+    steps: int = Field(default=DEFAULTS.steps, ge=1, le=10000)
+    cfg: float = Field(default=DEFAULTS.cfg, ge=0.0, le=100.0)
+    sampler: str = DEFAULTS.sampler
+    scheduler: str = DEFAULTS.scheduler
+    width: int = Field(default=DEFAULTS.width, ge=16, le=16384)
+    height: int = Field(default=DEFAULTS.height, ge=16, le=16384)
+    batch_size: int = Field(default=DEFAULTS.batch_size, ge=1, le=4096)
     loras: list[LoraRef] = Field(default_factory=list)
     init_image: str | None = None
-    strength: float = Field(default=0.75, ge=0.0, le=1.0)
+    strength: float = Field(default=DEFAULTS.strength, ge=0.0, le=1.0)
     model: str | None = None
     template: str | None = None
-    filename_prefix: str = "easel"
+    filename_prefix: str = DEFAULTS.filename_prefix
 
     @field_validator("loras", mode="before")
     @classmethod

@@ -18,12 +18,15 @@ from bot.cli.common import (
     make_environment,
 )
 from bot.cli.progress import JsonlEvents, ProgressDisplay
+from runner.templates import DEFAULTS
 
 OUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def parse_lora(text: str) -> tuple[str, float]:
-    """``NAME:WEIGHT`` (weight optional, default 1.0) -> (name, weight)."""
+def parse_lora_option(text: str) -> tuple[str, float]:
+    """A ``--lora`` value, ``NAME:WEIGHT`` (weight optional, default 1.0; the name is a
+    file of the runner's loras folder and may itself hold ':') -> (name, weight).
+    Not the bot's ``<lora:...>`` tags: see :func:`bot.services.parsing.parse_lora_tag`."""
     name, sep, weight = text.rpartition(":")
     if not sep:
         return text, 1.0
@@ -89,21 +92,21 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 
 @click.command()
 @click.argument("prompt")
-@click.option("--negative", default="", help="What the image should not show.")
+@click.option("--negative", default=DEFAULTS.negative, help="What the image should not show.")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Random when not given.")
-@click.option("--steps", type=click.IntRange(1, None), default=20, show_default=True)
+@click.option("--steps", type=click.IntRange(1, None), default=DEFAULTS.steps, show_default=True)
 @click.option(
-    "--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale."
+    "--cfg", type=float, default=DEFAULTS.cfg, show_default=True, help="Classifier-free guidance scale."
 )
 @click.option(
     "--sampler",
-    default="euler",
+    default=DEFAULTS.sampler,
     show_default=True,
     help="A ComfyUI sampler name (easel nodes KSampler).",
 )
-@click.option("--scheduler", default="normal", show_default=True, help="A ComfyUI scheduler name.")
-@click.option("--width", type=click.IntRange(16, None), default=512, show_default=True)
-@click.option("--height", type=click.IntRange(16, None), default=512, show_default=True)
+@click.option("--scheduler", default=DEFAULTS.scheduler, show_default=True, help="A ComfyUI scheduler name.")
+@click.option("--width", type=click.IntRange(16, None), default=DEFAULTS.width, show_default=True)
+@click.option("--height", type=click.IntRange(16, None), default=DEFAULTS.height, show_default=True)
 @click.option(
     "--batch",
     type=click.IntRange(1, None),
@@ -121,7 +124,7 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 @click.option(
     "--strength",
     type=click.FloatRange(0.0, 1.0),
-    default=0.75,
+    default=DEFAULTS.strength,
     show_default=True,
     help="img2img denoise.",
 )
@@ -170,7 +173,7 @@ def generate(
     from runner.templates import GenerationRequest
 
     settings = load_settings()
-    parsed_loras = [parse_lora(text) for text in loras]
+    parsed_loras = [parse_lora_option(text) for text in loras]
     if init_image is not None and not init_image.is_file():
         raise click.BadParameter(f"{init_image}: no such file", param_hint="--init-image")
     if out is not None and out.suffix.lower() not in OUT_FORMATS:

@@ -9,7 +9,7 @@ import logging
 import discord
 
 from bot.discord import context, render
-from bot.discord.errors import friendly
+from bot.discord.errors import reported
 from bot.discord.reporting import InteractionStatus
 from bot.discord.views import RemixModal, ReuseSeedModal
 from bot.services.parsing import ParseError, parse_prompt
@@ -42,7 +42,7 @@ class ResultActions:
             await self._open_reuse_seed(interaction, generation_id)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
+        async with reported(interaction) as attempt:
             generation = await self.bot.generations.generation(generation_id)
             if action == "info":
                 await interaction.edit_original_response(embed=render.details_embed(generation))
@@ -51,8 +51,7 @@ class ResultActions:
                 await self._delete(interaction, generation)
                 return
             submission = await self.bot.requests.from_result(interaction, action, generation, index)
-        except Exception as exc:
-            await say(interaction, f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         await self.bot.reporter.run(
             submission,
@@ -63,15 +62,15 @@ class ResultActions:
 
     async def _open_reuse_seed(self, interaction: discord.Interaction, generation_id: int) -> None:
         # A modal must be the first response, so no defer here; the read is short and bounded.
-        try:
-            generation = await asyncio.wait_for(
-                self.bot.generations.generation(generation_id), timeout=2.0
-            )
-        except TimeoutError:
-            await say(interaction, "⚠️ The database is busy; try again in a moment.")
-            return
-        except Exception as exc:
-            await say(interaction, f"⚠️ {friendly(exc)}")
+        async with reported(interaction) as attempt:
+            try:
+                generation = await asyncio.wait_for(
+                    self.bot.generations.generation(generation_id), timeout=2.0
+                )
+            except TimeoutError:
+                await say(interaction, "⚠️ The database is busy; try again in a moment.")
+                return
+        if attempt.failed:
             return
         await interaction.response.send_modal(
             ReuseSeedModal(generation.id, generation.prompt, generation.negative_prompt or "")
@@ -82,7 +81,7 @@ class ResultActions:
     ) -> None:
         """The reuse-seed modal was submitted: same seed and settings, new prompt."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
+        async with reported(interaction) as attempt:
             generation = await self.bot.generations.generation(generation_id)
             parsed = parse_prompt(prompt)
             if not parsed.text.strip():
@@ -90,8 +89,7 @@ class ResultActions:
             submission = await self.bot.requests.from_result(
                 interaction, "seed", generation, prompt=parsed.text, negative=negative.strip()
             )
-        except Exception as exc:
-            await say(interaction, f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         await self.bot.reporter.run(
             submission,
@@ -144,12 +142,11 @@ class ResultActions:
         """The Remix modal was submitted: img2img on the message's image."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = {"strength": strength.strip() or None}
-        try:
+        async with reported(interaction) as attempt:
             submission = await self.bot.requests.img2img(
                 interaction.user, interaction.guild_id, message, prompt, options
             )
-        except Exception as exc:
-            await say(interaction, f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         await self.bot.reporter.run(
             submission,

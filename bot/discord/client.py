@@ -21,19 +21,25 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.actions import ResultActions
-from bot.discord.errors import friendly
+from bot.discord.errors import command_error
 from bot.discord.reporting import Reporter
 from bot.discord.requests import RequestBuilder
 from bot.discord.views import ResultButton
 from bot.services.generation import GenerationService
+from bot.services.loras import LoraLibrary
 from bot.services.moderation import Gate
+from bot.services.preferences import Preferences
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.imagine",
     "bot.discord.cogs.remix",
-    "bot.discord.cogs.user",
+    "bot.discord.cogs.settings",
+    "bot.discord.cogs.lora",
+    "bot.discord.cogs.history",
+    "bot.discord.cogs.queue",
+    "bot.discord.cogs.privacy",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.plugins",
 )
@@ -85,6 +91,8 @@ class EaselBot(commands.Bot):
             jobs.poster = self.reporter.post_result
         self.jobs = jobs
         self.generations = GenerationService(env, database, settings, jobs)
+        self.loras = LoraLibrary(database, settings)
+        self.preferences = Preferences(database, settings)
         self.requests = RequestBuilder(self)
         self.actions = ResultActions(self)
         self._background: set[asyncio.Task] = set()
@@ -95,7 +103,9 @@ class EaselBot(commands.Bot):
         """Start the job service (recovering what a previous run left: jobs queued or
         running run again, results never posted are posted), register the persistent
         buttons, load the cogs, and sync commands only when asked."""
-        report = await self.jobs.astart()
+        if self.jobs.loop is None:  # async posters are run on this loop
+            self.jobs.loop = asyncio.get_running_loop()
+        report = await asyncio.to_thread(self.jobs.start)
         self._jobs_started = True
         if report.requeued or report.resumed or report.reposted:
             log.warning(
@@ -162,20 +172,9 @@ class EaselBot(commands.Bot):
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        """Any command error reaches the user as one sentence; details go to the log."""
-        original = getattr(error, "original", error)
-        if isinstance(error, app_commands.CheckFailure):
-            text = "You are not allowed to use that command."
-        elif isinstance(
-            error, app_commands.TransformerError | app_commands.CommandSignatureMismatch
-        ):
-            text = "That command's options were not understood; the commands may need a sync."
-            log.warning("app command error: %s", error)
-        else:
-            text = friendly(original)
-        from bot.discord.actions import say
-
-        await say(interaction, f"⚠️ {text}")
+        """Any command error reaches the user as one sentence; details go to the log
+        (see :func:`bot.discord.errors.command_error`)."""
+        await command_error(interaction, error)
 
     async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         """Mentions that are not commands (prompts for reply-to-image) are not errors."""
@@ -190,6 +189,8 @@ class EaselBot(commands.Bot):
         try:
             if self._jobs_started and not self._jobs_stopped:
                 self._jobs_stopped = True
-                await self.jobs.astop(timeout=self.settings.shutdown_timeout_s)
+                await asyncio.to_thread(
+                    self.jobs.stop, timeout=self.settings.shutdown_timeout_s
+                )
         finally:
             await super().close()

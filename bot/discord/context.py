@@ -3,6 +3,7 @@ policy checks, the destination for results, and the user's defaults for parsing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import discord
@@ -10,7 +11,6 @@ import discord
 from bot.services.generation import Destination
 from bot.services.moderation import Requester
 from bot.services.parsing import Defaults
-from db import users as db_users
 
 
 def role_ids(user: discord.abc.User) -> tuple[int, ...]:
@@ -72,22 +72,7 @@ def interaction_destination(interaction: discord.Interaction) -> Destination:
     )
 
 
-def _user_defaults(session, user_id: int, display_name: str | None, settings) -> Defaults:
-    user = db_users.get_or_create_user(session, user_id, display_name=display_name)
-    s = user.settings
-    return Defaults(
-        model=s.default_model or settings.default_model,
-        width=s.width or settings.default_width,
-        height=s.height or settings.default_height,
-        steps=s.steps or settings.default_steps,
-        cfg=settings.default_cfg if s.cfg is None else s.cfg,
-        sampler=s.sampler or settings.default_sampler,
-        scheduler=s.scheduler or settings.default_scheduler,
-        negative=s.negative_prompt or "",
-    )
-
-
 async def user_defaults(bot, user: discord.abc.User) -> Defaults:
     """The user's saved defaults over the bot's (creates the user on first use)."""
     name = getattr(user, "display_name", None) or user.name
-    return await bot.database.run(_user_defaults, user.id, name, bot.settings)
+    return await asyncio.to_thread(bot.preferences.defaults, user.id, name)

@@ -36,9 +36,9 @@ import discord
 from bot.discord import render
 from bot.discord.errors import friendly, sentence
 from bot.discord.views import result_view
+from bot.services.errors import NotFound
 from bot.services.generation import Destination, Submission, Ticket, result_parameters
 from bot.services.jobs import JobResult
-from db.errors import NotFound
 from runner import events as ev
 from runner.jobs import Subscription, throttled
 
@@ -268,7 +268,7 @@ class Reporter:
                 return None
             await self._settle(subscription, follower)
             # Marked posted (and the message linked to its generation) before "Done".
-            await self.bot.jobs.aflush_posts(timeout=30)
+            await asyncio.to_thread(self.bot.jobs.flush_posts, 30)
             await status.close(ended_text(result, message))
             return message
         finally:
@@ -352,7 +352,8 @@ class Reporter:
     async def _link(self, result: JobResult, message: discord.Message) -> None:
         channel_id = getattr(getattr(message, "channel", None), "id", None) or result.channel_id
         try:
-            await self.bot.generations.history.aset_message(
+            await asyncio.to_thread(
+                self.bot.generations.history.set_message,
                 result.generation_id,
                 message_id=message.id,
                 channel_id=channel_id,

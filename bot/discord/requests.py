@@ -12,9 +12,10 @@ import discord
 from bot.discord import context
 from bot.services.generation import Destination, Submission, base_size, request_from_generation
 from bot.services.moderation import Refused
-from bot.services.parsing import ImagineRequest, Limits, build_request, size_for_aspect
+from bot.services.parsing import Limits, build_request, size_for_aspect
 from bot.services.uploads import store_input_image
 from runner.images import sha256_bytes
+from runner.templates import GenerationRequest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -69,7 +70,7 @@ class RequestBuilder:
 
     def parse(
         self, text: str, options: dict[str, Any], defaults, limits: Limits, **kwargs: Any
-    ) -> ImagineRequest:
+    ) -> GenerationRequest:
         """:func:`build_request` with this bot's models, samplers and schedulers."""
         env = self.bot.env
         request = build_request(
@@ -142,9 +143,11 @@ class RequestBuilder:
         )
         if parent is not None:
             if not request.prompt:
-                request = request.replace(prompt=parent.prompt)
+                request = request.model_copy(update={"prompt": parent.prompt})
             if not request.loras:
-                request = request.replace(loras=request_from_generation(parent).loras)
+                request = request.model_copy(
+                    update={"loras": request_from_generation(parent).loras}
+                )
         elif not request.prompt:
             raise Refused("Add a prompt after the mention to say what to make of the image.")
         return Submission(
@@ -167,13 +170,13 @@ class RequestBuilder:
         if action in ("reroll", "rerun"):
             seed = None if action == "reroll" else base.seed
             return Submission(
-                base.replace(seed=seed),
+                base.model_copy(update={"seed": seed}),
                 generation.parameters.get("init_image"),
                 generation.id,
                 action,
             )
         if action == "seed":
-            request = base.replace(**changes)
+            request = base.model_copy(update=changes)
             self.bot.gate.check_prompt(request.prompt, request.negative)
             return Submission(
                 request, generation.parameters.get("init_image"), generation.id, "reuse-seed"
@@ -182,7 +185,9 @@ class RequestBuilder:
             self.bot.generations.init_image_from, generation, index
         )
         if action == "var":
-            request = base.replace(seed=None, count=1, strength=settings.variation_strength)
+            request = base.model_copy(
+                update={"seed": None, "batch_size": 1, "strength": settings.variation_strength}
+            )
             return Submission(request, init_image, generation.id, "variation")
         width = int(base.width * settings.upscale_factor) // 8 * 8
         height = int(base.height * settings.upscale_factor) // 8 * 8
@@ -190,8 +195,13 @@ class RequestBuilder:
             raise Refused(
                 f"Upscaling to {width}×{height} is larger than your limit of {limits.max_width}×{limits.max_height}."
             )
-        request = base.replace(
-            count=1, width=width, height=height, strength=settings.upscale_strength
+        request = base.model_copy(
+            update={
+                "batch_size": 1,
+                "width": width,
+                "height": height,
+                "strength": settings.upscale_strength,
+            }
         )
         return Submission(request, init_image, generation.id, "upscale")
 

@@ -17,12 +17,11 @@ from typing import Any, NamedTuple
 from bot.services.history import History
 from bot.services.jobs import JobAlreadyFinished, JobInfo, JobNotFound
 from bot.services.moderation import Refused
-from bot.services.parsing import ImagineRequest, LoraSpec
 from bot.services.storage import delete_unreferenced
 from bot.services.uploads import input_from_output
 from db import generations as db_generations
 from db import jobs as db_jobs
-from runner.templates import GenerationRequest, LoraRef
+from runner.templates import DEFAULTS, GenerationRequest, LoraRef
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,22 @@ class Destination:
 
 @dataclass(frozen=True)
 class Submission:
-    """A request ready to queue. ``init_image`` is an input-folder name (img2img)."""
+    """A request ready to queue (LoRAs by the user's names; the history service resolves
+    them to library files). ``init_image`` is an input-folder name (img2img)."""
 
-    request: ImagineRequest
+    request: GenerationRequest
     init_image: str | None = None
     parent_id: int | None = None
     kind: str = "imagine"
+
+    def queued_request(self) -> GenerationRequest:
+        """The request as it is queued: with the init image, or, without one, with the
+        default strength (a txt2img request records no strength of its own)."""
+        if self.init_image:
+            return self.request.model_copy(update={"init_image": self.init_image})
+        return self.request.model_copy(
+            update={"init_image": None, "strength": DEFAULTS.strength}
+        )
 
 
 @dataclass
@@ -93,34 +102,6 @@ def _delete_any(session, generation_id: int, data_dir) -> int | None:
     return message_id
 
 
-def generation_request(submission: Submission) -> GenerationRequest:
-    """The runner's request for a submission (LoRAs by the user's names; the history
-    service resolves them to library files)."""
-    request = submission.request
-    loras = [
-        LoraRef(name=spec.name, strength_clip=spec.clip_weight)
-        if spec.weight is None
-        else LoraRef(name=spec.name, strength_model=spec.weight, strength_clip=spec.clip_weight)
-        for spec in request.loras
-    ]
-    return GenerationRequest(
-        prompt=request.prompt,
-        negative=request.negative,
-        seed=request.seed,
-        steps=request.steps,
-        cfg=request.cfg,
-        sampler=request.sampler,
-        scheduler=request.scheduler,
-        width=request.width,
-        height=request.height,
-        batch_size=request.count,
-        loras=loras,
-        init_image=submission.init_image,
-        strength=request.strength if submission.init_image else 0.75,
-        model=request.model,
-    )
-
-
 # -- the service ----------------------------------------------------------------------
 
 
@@ -149,9 +130,10 @@ class GenerationService:
         :class:`~bot.services.jobs.QueueFull`, or the data layer's errors (an unknown
         LoRA, a LoRA of another family...): nothing is stored then."""
         self.check_prompt(submission.request.prompt, submission.request.negative, dest)
-        stored = await self.jobs.asubmit(
+        stored = await asyncio.to_thread(
+            self.jobs.submit,
             dest.user_id,
-            generation_request(submission),
+            submission.queued_request(),
             roles=dest.role_ids,
             guild_id=dest.guild_id,
             channel_id=dest.channel_id,
@@ -177,7 +159,7 @@ class GenerationService:
         Returns the ids cancelled. Raises :class:`~bot.services.jobs.JobNotFound` or
         :class:`~bot.services.jobs.JobAlreadyFinished` for one named job."""
         if job_id is not None:
-            await self.jobs.acancel(job_id, user_id, admin=admin)
+            await asyncio.to_thread(self.jobs.cancel, job_id, user_id, admin=admin)
             return [job_id]
         return await asyncio.to_thread(self._cancel_all, user_id)
 
@@ -247,19 +229,19 @@ class GenerationService:
 
     async def find_by_message(self, message_id: int):
         """The generation a Discord message shows, or None."""
-        return await self.history.afind_by_message(message_id)
+        return await asyncio.to_thread(self.history.find_by_message, message_id)
 
     async def find_by_image_hash(self, sha256: str):
         """The generation that produced an image with this content hash, or None."""
-        return await self.history.afind_by_image(sha256)
+        return await asyncio.to_thread(self.history.find_by_image, sha256)
 
     async def delete(self, generation_id: int, *, user_id: int, admin: bool = False) -> int | None:
         """Delete a generation (the owner's, or any for ``admin``) and the image files
         nothing else uses. Returns the Discord message id that showed it."""
         if admin:
             return await self.db.run(_delete_any, generation_id, self.settings.data_dir)
-        generation = await self.history.aget(user_id, generation_id)
-        await self.history.adelete(user_id, generation_id)
+        generation = await asyncio.to_thread(self.history.get, user_id, generation_id)
+        await asyncio.to_thread(self.history.delete, user_id, generation_id)
         return generation.message_id
 
     def init_image_from(self, generation, index: int) -> str:
@@ -270,48 +252,57 @@ class GenerationService:
         return input_from_output(self.settings, outputs[index].path)
 
 
-def _lora_specs(items: Any) -> tuple[LoraSpec, ...]:
-    specs = []
+_NOT_CARRIED = {"loras", "init_image", "template", "filename_prefix"}
+"""Request fields a past generation's request does not take from its stored parameters."""
+
+
+def _stored_loras(items: Any) -> list[LoraRef]:
+    """Stored LoRAs (dicts as the history records them, or older ``[name, weight]``
+    pairs) as requested LoRAs; a weight not recorded stays unset."""
+    refs = []
     for item in items or []:
         if isinstance(item, dict):
-            specs.append(
-                LoraSpec(
-                    str(item.get("name")), item.get("strength_model"), item.get("strength_clip")
-                )
-            )
+            name, weight = item.get("name"), item.get("strength_model")
+            clip = item.get("strength_clip")
         elif isinstance(item, list | tuple) and item:
-            specs.append(
-                LoraSpec(str(item[0]), None if len(item) < 2 or item[1] is None else float(item[1]))
-            )
-    return tuple(specs)
+            name, weight, clip = item[0], item[1] if len(item) > 1 else None, None
+        else:
+            continue
+        given: dict[str, Any] = {"strength_clip": clip}
+        if weight is not None:
+            given["strength_model"] = float(weight)
+        refs.append(LoraRef(name=str(name), **given))
+    return refs
 
 
-def request_from_generation(generation, **changes: Any) -> ImagineRequest:
+def request_from_generation(generation, **changes: Any) -> GenerationRequest:
     """The request a past generation was made from (for reroll, variations, upscale,
-    reuse seed, and reply-to-image carry-over), with ``changes`` applied."""
+    reuse seed, and reply-to-image carry-over), with ``changes`` applied. What the
+    stored parameters lack takes the request's own defaults; the init image is the
+    :class:`Submission`'s business, not the request's."""
     p = dict(generation.parameters or {})
-    request = ImagineRequest(
+    if p.get("batch_size") is None and p.get("count") is not None:  # older records
+        p["batch_size"] = p["count"]
+    fields = set(GenerationRequest.model_fields) - _NOT_CARRIED
+    given = {k: p[k] for k in fields if p.get(k) not in (None, "")}
+    given.update(
         prompt=generation.prompt,
-        negative=generation.negative_prompt or p.get("negative") or "",
         seed=generation.seed,
-        steps=int(p.get("steps") or 20),
-        cfg=float(p.get("cfg") if p.get("cfg") is not None else 7.0),
-        sampler=str(p.get("sampler") or "euler"),
-        scheduler=str(p.get("scheduler") or "normal"),
-        width=int(p.get("width") or 512),
-        height=int(p.get("height") or 512),
-        count=int(p.get("batch_size") or p.get("count") or 1),
+        negative=generation.negative_prompt or p.get("negative") or "",
         model=generation.model or str(p.get("model") or ""),
-        strength=float(p.get("strength") or 0.75),
-        loras=_lora_specs(p.get("loras")),
+        loras=_stored_loras(p.get("loras")),
     )
-    return request.replace(**changes) if changes else request
+    request = GenerationRequest(**given)
+    return request.model_copy(update=changes) if changes else request
 
 
 def result_parameters(generation) -> dict[str, Any]:
     """The parameters a result message summarises, read back from the stored
     generation (so a result posted after a restart reads the same)."""
-    params = request_from_generation(generation).to_parameters()
+    request = request_from_generation(generation)
+    params = request.model_dump(mode="json", exclude={"loras", "filename_prefix", "template"})
+    params["count"] = request.batch_size
+    params["loras"] = [[lora.name, lora.weight] for lora in request.loras]
     params["seed"] = generation.seed
     params["init_image"] = (generation.parameters or {}).get("init_image")
     return params

@@ -3,7 +3,9 @@
 People type everything into the prompt (``a fox <lora:ink:0.8> --ar 16:9 --no text``) or use
 the slash command's own options; both end up here. :func:`parse_prompt` splits a prompt
 into text, LoRA tags and inline options; :func:`build_request` merges those with the slash
-command's options, the user's defaults and the bot's limits into an :class:`ImagineRequest`.
+command's options, the user's defaults and the bot's limits into the runner's
+:class:`~runner.templates.GenerationRequest` (LoRAs still by the user's names; a LoRA
+whose weight was not given has ``strength_model`` unset, see ``LoraRef.weight``).
 
 Precedence, as a user expects it: a slash-command option beats the same option typed
 inline, which beats the user's saved default, which beats the bot's default. LoRAs and
@@ -19,10 +21,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-MAX_SEED = 2**64 - 1
+from runner.templates import DEFAULTS, MAX_SEED, GenerationRequest, LoraRef
+
 MAX_PROMPT_CHARS = 4000
 MAX_LORAS = 8
 MAX_CFG = 30.0
@@ -61,15 +64,6 @@ class ParseError(ValueError):
 
 
 @dataclass(frozen=True)
-class LoraSpec:
-    """A LoRA asked for by name; ``weight`` None means the LoRA's own default weight."""
-
-    name: str
-    weight: float | None = None
-    clip_weight: float | None = None
-
-
-@dataclass(frozen=True)
 class Limits:
     """What one user may ask for (from configuration and their roles)."""
 
@@ -83,19 +77,20 @@ class Limits:
 class Defaults:
     """Values used when neither the prompt nor the options name them.
 
-    ``width``/``height`` None means the model's own default size (see ``base_size``).
+    ``width``/``height`` None means the model's own default size (see ``base_size``);
+    the rest default to the runner's :data:`~runner.templates.DEFAULTS`.
     """
 
     model: str = "tiny-random"
     width: int | None = None
     height: int | None = None
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "euler"
-    scheduler: str = "normal"
-    negative: str = ""
-    strength: float = 0.75
-    count: int = 1
+    steps: int = DEFAULTS.steps
+    cfg: float = DEFAULTS.cfg
+    sampler: str = DEFAULTS.sampler
+    scheduler: str = DEFAULTS.scheduler
+    negative: str = DEFAULTS.negative
+    strength: float = DEFAULTS.strength
+    count: int = DEFAULTS.batch_size
 
 
 @dataclass
@@ -103,49 +98,8 @@ class ParsedPrompt:
     """A prompt split into its text, its LoRA tags and its inline options."""
 
     text: str
-    loras: list[LoraSpec] = field(default_factory=list)
+    loras: list[LoraRef] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ImagineRequest:
-    """A fully resolved request, ready for the service layer (LoRAs still by name)."""
-
-    prompt: str
-    negative: str
-    seed: int | None
-    steps: int
-    cfg: float
-    sampler: str
-    scheduler: str
-    width: int
-    height: int
-    count: int
-    model: str
-    strength: float
-    loras: tuple[LoraSpec, ...] = ()
-
-    def to_parameters(self) -> dict[str, Any]:
-        """The request as plain JSON data (stored with the generation, shown in details)."""
-        return {
-            "prompt": self.prompt,
-            "negative": self.negative,
-            "seed": self.seed,
-            "steps": self.steps,
-            "cfg": self.cfg,
-            "sampler": self.sampler,
-            "scheduler": self.scheduler,
-            "width": self.width,
-            "height": self.height,
-            "count": self.count,
-            "model": self.model,
-            "strength": self.strength,
-            "loras": [[lora.name, lora.weight] for lora in self.loras],
-        }
-
-    def replace(self, **changes: Any) -> ImagineRequest:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 # -- values ------------------------------------------------------------------------------
@@ -230,8 +184,10 @@ def size_for_aspect(ratio: float, budget_pixels: int) -> tuple[int, int]:
     return w, h
 
 
-def parse_lora(text: str) -> LoraSpec:
-    """``"name"``, ``"name:0.8"`` or ``"name:0.8:0.5"`` (UNet then text-encoder weight)."""
+def parse_lora_tag(text: str) -> LoraRef:
+    """The inside of a ``<lora:...>`` tag: ``"name"``, ``"name:0.8"`` or ``"name:0.8:0.5"``
+    (UNet then text-encoder weight, each from -10 to 10). A weight not given stays unset
+    (``LoraRef.weight`` is None: the LoRA's own default weight applies)."""
     parts = [p.strip() for p in str(text).split(":")]
     name = parts[0]
     if not name or not _LORA_NAME.match(name):
@@ -245,14 +201,16 @@ def parse_lora(text: str) -> LoraSpec:
     ]
     weight = weights[0] if weights else None
     clip = weights[1] if len(weights) > 1 else None
-    return LoraSpec(name, weight, clip)
+    if weight is None:
+        return LoraRef(name=name, strength_clip=clip)
+    return LoraRef(name=name, strength_model=weight, strength_clip=clip)
 
 
-def parse_loras(text: str) -> list[LoraSpec]:
+def parse_loras(text: str) -> list[LoraRef]:
     """A comma- or space-separated list of LoRAs (the slash command's ``lora`` option)."""
     items = [t for t in re.split(r"[,\s]+", str(text)) if t]
     items = [t[6:-1] if t.lower().startswith("<lora:") and t.endswith(">") else t for t in items]
-    return [parse_lora(t) for t in items]
+    return [parse_lora_tag(t) for t in items]
 
 
 # -- prompt ------------------------------------------------------------------------------
@@ -290,10 +248,10 @@ def parse_prompt(text: str) -> ParsedPrompt:
         raise ParseError(
             f"the prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}."
         )
-    loras: list[LoraSpec] = []
+    loras: list[LoraRef] = []
 
     def take_lora(match: re.Match[str]) -> str:
-        loras.append(parse_lora(match.group(1)))
+        loras.append(parse_lora_tag(match.group(1)))
         return " "
 
     rest = _LORA_TAG.sub(take_lora, text)
@@ -391,7 +349,7 @@ def build_request(
     schedulers: Collection[str] | None = None,
     models: Collection[str] | None = None,
     allow_empty_prompt: bool = False,
-) -> ImagineRequest:
+) -> GenerationRequest:
     """Parse ``prompt`` and merge it with the slash command's ``options`` (None or missing
     = not given; keys: negative, seed, steps, cfg, sampler, scheduler, size, aspect, count,
     model, lora, strength), the user's ``defaults`` and the bot's ``limits``.
@@ -461,7 +419,7 @@ def build_request(
         )
 
     loras = _merge_loras(parsed.loras, slash.get("lora") or [])
-    return ImagineRequest(
+    return GenerationRequest(
         prompt=text,
         negative=negative,
         seed=seed,
@@ -471,10 +429,10 @@ def build_request(
         scheduler=scheduler,
         width=width,
         height=height,
-        count=count,
+        batch_size=count,
         model=model,
         strength=strength,
-        loras=tuple(loras),
+        loras=loras,
     )
 
 
@@ -485,7 +443,7 @@ def _geometry(
     model: str,
     base_size: Callable[[str], tuple[int, int]] | None,
 ) -> tuple[int, int]:
-    base = base_size(model) if base_size else (512, 512)
+    base = base_size(model) if base_size else (DEFAULTS.width, DEFAULTS.height)
     default_w = defaults.width or base[0]
     default_h = defaults.height or base[1]
     for level in (slash, inline):
@@ -499,8 +457,8 @@ def _geometry(
     return default_w, default_h
 
 
-def _merge_loras(inline: list[LoraSpec], slash: list[LoraSpec]) -> list[LoraSpec]:
-    merged: dict[str, LoraSpec] = {}
+def _merge_loras(inline: list[LoraRef], slash: list[LoraRef]) -> list[LoraRef]:
+    merged: dict[str, LoraRef] = {}
     for spec in [*inline, *slash]:
         merged[spec.name.casefold()] = spec  # a name given twice: the later (slash) one wins
     if len(merged) > MAX_LORAS:

@@ -4,24 +4,10 @@ history service). Names never come from users."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 from runner.files import write_atomic
 from runner.images import BadImage, open_image, sha256_bytes
-
-IMAGES_FOLDER = "images"
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """A result image stored under ``DATA_DIR/images/<sha256>.png``."""
-
-    path: str  # relative to the data folder
-    sha256: str
-    width: int
-    height: int
-    size_bytes: int
 
 
 def store_input_image(settings, data: bytes, *, label: str = "image") -> str:

@@ -19,12 +19,12 @@ from bot.discord.reporting import Reporter, Status, job_events
 from bot.services.generation import Destination, GenerationService, Submission
 from bot.services.history import History
 from bot.services.jobs import JobResult, JobService
-from bot.services.parsing import ImagineRequest
 from bot.settings import Settings
 from db import jobs as db_jobs
 from db.engine import Database
 from runner import events as ev
 from runner.jobs import DONE, FAILED, EventBus, JobEnded, JobOutcome, JobRunner, OutputImage
+from runner.templates import GenerationRequest
 
 INTERVAL = 0.3
 
@@ -233,8 +233,8 @@ def stub_bot(tmp_path, cache_folder):
     db.close()
 
 
-def request(prompt: str) -> ImagineRequest:
-    return ImagineRequest(
+def request(prompt: str) -> GenerationRequest:
+    return GenerationRequest(
         prompt=prompt,
         negative="",
         seed=5,
@@ -244,7 +244,7 @@ def request(prompt: str) -> ImagineRequest:
         scheduler="normal",
         width=64,
         height=64,
-        count=1,
+        batch_size=1,
         model="tiny-random",
         strength=0.75,
     )
@@ -261,7 +261,7 @@ def test_the_bot_posts_each_result_once_and_shows_a_stored_job(stub_bot):
             seen_in_db.append((job.id, job.user_id))
 
     async def scenario():
-        await bot.jobs.astart()
+        await asyncio.to_thread(bot.jobs.start, loop=asyncio.get_running_loop())
         bot.jobs.pause(1)  # so the status shows a place in the queue first
         status = RecordingStatus(on_edit=check_stored)
         dest = Destination(user_id=42, channel_id=99, guild_id=1)

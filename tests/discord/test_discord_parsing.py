@@ -11,14 +11,18 @@ from hypothesis import strategies as st
 
 from bot.services.parsing import (
     Defaults,
-    ImagineRequest,
     Limits,
-    LoraSpec,
     ParseError,
     build_request,
     parse_prompt,
     size_for_aspect,
 )
+from runner.templates import GenerationRequest
+
+
+def loras(refs) -> list[tuple]:
+    """(name, weight, clip weight) of each LoRA; weight None = the LoRA's default."""
+    return [(ref.name, ref.weight, ref.strength_clip) for ref in refs]
 
 SAMPLERS = {"euler", "euler_ancestral", "dpmpp_2m"}
 SCHEDULERS = {"normal", "karras"}
@@ -29,7 +33,7 @@ def test_inline_syntax_is_taken_out_of_the_prompt():
         "a fox <lora:ink:0.8> in snow --ar 16:9 --no text, watermark --seed 5 --steps 30"
     )
     assert parsed.text == "a fox in snow"
-    assert parsed.loras == [LoraSpec("ink", 0.8)]
+    assert loras(parsed.loras) == [("ink", 0.8, None)]
     assert parsed.options["negative"] == "text, watermark"
     assert parsed.options["seed"] == 5
     assert parsed.options["steps"] == 30
@@ -43,14 +47,14 @@ def test_every_inline_option():
         schedulers=SCHEDULERS,
     )
     assert (request.cfg, request.sampler, request.scheduler) == (5.5, "dpmpp_2m", "karras")
-    assert (request.strength, request.count, request.width, request.height) == (0.6, 3, 768, 512)
+    assert (request.strength, request.batch_size, request.width, request.height) == (0.6, 3, 768, 512)
     assert request.model == "tiny-random"
 
 
 def test_equals_form_and_lora_without_weight_and_with_clip_weight():
     parsed = parse_prompt("x --steps=12 <lora:a> <LORA:b:0.5:0.25>")
     assert parsed.options["steps"] == 12
-    assert parsed.loras == [LoraSpec("a", None), LoraSpec("b", 0.5, 0.25)]
+    assert loras(parsed.loras) == [("a", None, None), ("b", 0.5, 0.25)]
 
 
 def test_slash_options_override_inline_and_merge_loras_and_negatives():
@@ -60,7 +64,7 @@ def test_slash_options_override_inline_and_merge_loras_and_negatives():
     )
     assert request.steps == 12
     assert request.negative == "blur, text"
-    assert request.loras == (LoraSpec("ink", 0.8), LoraSpec("paper", 0.9))
+    assert loras(request.loras) == [("ink", 0.8, None), ("paper", 0.9, None)]
     assert request.seed is None
 
 
@@ -200,8 +204,8 @@ def test_any_input_gives_a_request_or_a_parse_error(text, options):
         message = str(exc)
         assert message and message[-1] in ".?" and "\n" not in message and len(message) < 400
         return
-    assert isinstance(request, ImagineRequest)
-    assert 1 <= request.steps <= 150 and 1 <= request.count <= 4
+    assert isinstance(request, GenerationRequest)
+    assert 1 <= request.steps <= 150 and 1 <= request.batch_size <= 4
     assert 64 <= request.width <= 2048 and 64 <= request.height <= 2048
     assert request.width % 8 == 0 and request.height % 8 == 0
     assert math.isfinite(request.cfg) and 0 < request.strength <= 1

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.errors import friendly
+from bot.discord.errors import reported
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,21 @@ class AdminCog(commands.Cog):
     def _is_owner(self, user_id: int) -> bool:
         return user_id in self.bot.settings.owner_set
 
+    @staticmethod
+    def _replier(ctx: commands.Context):
+        async def reply(text: str) -> None:
+            await ctx.reply(text, mention_author=False)
+
+        return reply
+
     @commands.command(name="sync")
     async def sync_text(self, ctx: commands.Context) -> None:
         """Sync application commands (owners only)."""
         if not self._is_owner(ctx.author.id):
             return
-        try:
+        async with reported(self._replier(ctx)) as attempt:
             names = await self.bot.sync_commands()
-        except Exception as exc:
-            await ctx.reply(f"⚠️ {friendly(exc)}", mention_author=False)
+        if attempt.failed:
             return
         await ctx.reply(
             f"Synced {len(names)} command(s): {', '.join(names)}.", mention_author=False
@@ -47,10 +53,9 @@ class AdminCog(commands.Cog):
                 content="⚠️ Only the bot's owners can sync commands."
             )
             return
-        try:
+        async with reported(interaction) as attempt:
             names = await self.bot.sync_commands()
-        except Exception as exc:
-            await interaction.edit_original_response(content=f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         await interaction.edit_original_response(
             content=f"Synced {len(names)} command(s): {', '.join(names)}."

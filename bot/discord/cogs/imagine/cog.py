@@ -8,7 +8,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.actions import say
 from bot.discord.cogs.imagine.complete import (
     complete_lora,
     complete_model,
@@ -16,7 +15,7 @@ from bot.discord.cogs.imagine.complete import (
     complete_scheduler,
     complete_size,
 )
-from bot.discord.errors import friendly
+from bot.discord.errors import reported
 from bot.discord.reporting import InteractionStatus
 
 ASPECTS = ["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9", "9:21"]
@@ -88,10 +87,9 @@ class ImagineCog(commands.Cog):
             "lora": lora,
             "strength": strength,
         }
-        try:
+        async with reported(interaction) as attempt:
             submission, dest = await self.bot.requests.imagine(interaction, prompt, options, image)
-        except Exception as exc:
-            await say(interaction, f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         await self.bot.reporter.run(
             submission,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
 from discord import app_commands
 
 from bot.discord.requests import sampler_names, scheduler_names
-from db import loras as db_loras
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def complete_lora(
     """The user's own LoRAs, then shared ones, then the operator's LoRA files."""
     bot = interaction.client
     try:
-        rows = await bot.database.read(db_loras.list_loras, interaction.user.id)
+        rows = await asyncio.to_thread(bot.loras.list_visible, interaction.user.id)
     except Exception:
         log.exception("LoRA autocomplete failed")
         rows = []

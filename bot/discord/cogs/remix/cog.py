@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord import context
-from bot.discord.errors import friendly
+from bot.discord.errors import reported
 from bot.discord.reporting import MessageStatus
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,11 @@ class RemixCog(commands.Cog):
         except discord.HTTPException as exc:
             log.info("cannot reply in channel %s: %s", message.channel.id, exc)
             return
-        try:
+        async with reported(MessageStatus(status).close) as attempt:
             submission = await self.bot.requests.img2img(
                 message.author, message.guild.id if message.guild else None, target, text
             )
-        except Exception as exc:
-            await MessageStatus(status).close(f"⚠️ {friendly(exc)}")
+        if attempt.failed:
             return
         dest = context.destination(
             message.author,

@@ -1,0 +1,136 @@
+"""``/seed`` and ``/settings``. Every reply is ephemeral: these are the user's own data."""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord.actions import say
+from bot.discord.cogs.settings import texts
+from bot.discord.errors import reported
+from bot.services.parsing import ParseError, parse_size
+
+RESET_KEYS = (
+    "default_model",
+    "width",
+    "height",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "negative_prompt",
+)
+"""The settings ``/settings reset:True`` forgets."""
+
+
+class SettingsCog(commands.Cog):
+    """A user's seed policy and their defaults for /imagine."""
+
+    def __init__(self, bot):
+        self.bot = bot
+
+    async def _save(self, user_id: int, changes: dict):
+        preferences = self.bot.preferences
+        if changes:
+            return await asyncio.to_thread(preferences.update, user_id, **changes)
+        return await asyncio.to_thread(preferences.get, user_id)
+
+    @app_commands.command(name="seed")
+    @app_commands.describe(
+        policy="How seeds are chosen when you give none", value="The seed for the fixed policy"
+    )
+    @app_commands.choices(
+        policy=[app_commands.Choice(name=p, value=p) for p in ("random", "fixed", "increment")]
+    )
+    async def seed(
+        self,
+        interaction: discord.Interaction,
+        policy: str | None = None,
+        value: app_commands.Range[int, 0, 2**53 - 1] | None = None,
+    ) -> None:
+        """Show your seed policy, or set it: random, fixed N, or increment."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        changes = {
+            k: v for k, v in (("seed_policy", policy), ("fixed_seed", value)) if v is not None
+        }
+        if value is not None and policy is None:
+            changes["seed_policy"] = "fixed"
+        settings = await self._save(interaction.user.id, changes)
+        await say(interaction, texts.seed_text(settings))
+
+    @app_commands.command(name="settings")
+    @app_commands.describe(
+        model="Default checkpoint",
+        size="Default size, e.g. 768x512",
+        steps="Default steps",
+        cfg="Default CFG",
+        sampler="Default sampler",
+        scheduler="Default scheduler",
+        negative="Default negative prompt",
+        reset="Forget all your defaults",
+    )
+    async def settings_command(
+        self,
+        interaction: discord.Interaction,
+        model: str | None = None,
+        size: str | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        sampler: str | None = None,
+        scheduler: str | None = None,
+        negative: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        """Show or change your defaults for /imagine."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        async with reported(interaction) as attempt:
+            changes = self._setting_changes(
+                interaction, model, size, steps, cfg, sampler, scheduler, negative, reset
+            )
+        if attempt.failed:
+            return
+        settings = await self._save(interaction.user.id, changes)
+        await say(interaction, texts.settings_text(settings, self.bot.settings))
+
+    def _setting_changes(
+        self, interaction, model, size, steps, cfg, sampler, scheduler, negative, reset
+    ) -> dict:
+        from bot.discord.context import requester
+        from bot.discord.requests import sampler_names, scheduler_names
+
+        if reset:
+            return dict.fromkeys(RESET_KEYS)
+        limits = self.bot.gate.limits(requester(self.bot, interaction.user, interaction.guild_id))
+        env = self.bot.env
+        changes: dict = {}
+        if model is not None:
+            if model not in env.models.checkpoint_names():
+                raise ParseError(f"there is no model named {model!r}.")
+            changes["default_model"] = model
+        if size is not None:
+            width, height = parse_size(size)
+            if width > limits.max_width or height > limits.max_height:
+                raise ParseError(
+                    f"size {width}x{height} is larger than your limit of {limits.max_width}x{limits.max_height}."
+                )
+            changes.update(width=width, height=height)
+        if steps is not None:
+            if steps > limits.max_steps:
+                raise ParseError(f"steps {steps} is more than your limit of {limits.max_steps}.")
+            changes["steps"] = steps
+        if cfg is not None:
+            changes["cfg"] = cfg
+        if sampler is not None:
+            if sampler not in sampler_names(env):
+                raise ParseError(f"there is no sampler named {sampler!r}.")
+            changes["sampler"] = sampler
+        if scheduler is not None:
+            if scheduler not in scheduler_names(env):
+                raise ParseError(f"there is no scheduler named {scheduler!r}.")
+            changes["scheduler"] = scheduler
+        if negative is not None:
+            changes["negative_prompt"] = negative or None
+        return changes
