@@ -90,7 +90,9 @@ def easel_job_finished(
 
 
 @hookspec(firstresult=True)
-def easel_check_prompt(prompt: str, negative: str, user_id: int | None, nsfw_allowed: bool) -> str | None:
+def easel_check_prompt(
+    prompt: str, negative: str, user_id: int | None, nsfw_allowed: bool
+) -> str | None:
     """Called before a request is queued, to moderate its text.
 
     ``prompt`` and ``negative`` are the texts as the user gave them (LoRA tags and
@@ -102,7 +104,9 @@ def easel_check_prompt(prompt: str, negative: str, user_id: int | None, nsfw_all
 
 
 @hookspec(firstresult=True)
-def easel_check_output(image: Any, prompt: str, user_id: int | None, env: Environment) -> str | None:
+def easel_check_output(
+    image: Any, prompt: str, user_id: int | None, env: Environment
+) -> str | None:
     """Called on the worker for each result image that will be shown outside an
     age-restricted channel.
 

@@ -107,4 +107,3 @@ def apply_overrides(
             )
         inputs[input_name] = value
     return out
-

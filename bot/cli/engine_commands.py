@@ -96,7 +96,11 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Random when not given.")
 @click.option("--steps", type=click.IntRange(1, None), default=DEFAULTS.steps, show_default=True)
 @click.option(
-    "--cfg", type=float, default=DEFAULTS.cfg, show_default=True, help="Classifier-free guidance scale."
+    "--cfg",
+    type=float,
+    default=DEFAULTS.cfg,
+    show_default=True,
+    help="Classifier-free guidance scale.",
 )
 @click.option(
     "--sampler",
@@ -104,7 +108,9 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
     show_default=True,
     help="A ComfyUI sampler name (easel nodes KSampler).",
 )
-@click.option("--scheduler", default=DEFAULTS.scheduler, show_default=True, help="A ComfyUI scheduler name.")
+@click.option(
+    "--scheduler", default=DEFAULTS.scheduler, show_default=True, help="A ComfyUI scheduler name."
+)
 @click.option("--width", type=click.IntRange(16, None), default=DEFAULTS.width, show_default=True)
 @click.option("--height", type=click.IntRange(16, None), default=DEFAULTS.height, show_default=True)
 @click.option(
@@ -141,9 +147,14 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
     "--print-workflow", is_flag=True, help="Print the workflow the template built and stop."
 )
 @click.option(
-    "--backend", type=click.Choice(["local", "ray"]), help="Run here, or on a Ray worker (default: the configured backend)."
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    help="Run here, or on a Ray worker (default: the configured backend).",
 )
-@click.option("--ray-address", help="Ray cluster address for --backend ray (auto, HOST:6379, ray://HOST:10001).")
+@click.option(
+    "--ray-address",
+    help="Ray cluster address for --backend ray (auto, HOST:6379, ray://HOST:10001).",
+)
 @handle_errors
 def generate(
     prompt,

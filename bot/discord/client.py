@@ -189,8 +189,6 @@ class EaselBot(commands.Bot):
         try:
             if self._jobs_started and not self._jobs_stopped:
                 self._jobs_stopped = True
-                await asyncio.to_thread(
-                    self.jobs.stop, timeout=self.settings.shutdown_timeout_s
-                )
+                await asyncio.to_thread(self.jobs.stop, timeout=self.settings.shutdown_timeout_s)
         finally:
             await super().close()

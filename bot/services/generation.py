@@ -53,9 +53,7 @@ class Submission:
         default strength (a txt2img request records no strength of its own)."""
         if self.init_image:
             return self.request.model_copy(update={"init_image": self.init_image})
-        return self.request.model_copy(
-            update={"init_image": None, "strength": DEFAULTS.strength}
-        )
+        return self.request.model_copy(update={"init_image": None, "strength": DEFAULTS.strength})
 
 
 @dataclass

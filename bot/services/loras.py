@@ -394,6 +394,7 @@ class LoraLibrary:
         family = self.family_of(model)
         return self.db.read_sync(resolve_loras_in_session, user_id, refs, family=family)
 
+
 def _given(trigger_words: Any, default_weight: Any) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if trigger_words is not _UNSET:

@@ -28,7 +28,6 @@ IMAGES_FOLDER = "images"
 """Output images live in ``DATA_DIR/images/<sha256>.png``."""
 
 
-
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
     """The sha256 hex digest of a file's content."""
     digest = hashlib.sha256()

@@ -120,7 +120,9 @@ def export_user(
     return _write_export(settings, user_id, folder, document)
 
 
-def list_users(db: Database, *, page: int = 1, per_page: int = 50) -> tuple[int, list[dict[str, Any]]]:
+def list_users(
+    db: Database, *, page: int = 1, per_page: int = 50
+) -> tuple[int, list[dict[str, Any]]]:
     """How many users are known, and page ``page`` (from 1) of them with how much each
     has stored (see :func:`db.userdata.user_summaries`)."""
     return db.read_sync(db_userdata.user_summaries, offset=(page - 1) * per_page, limit=per_page)

@@ -51,8 +51,14 @@ def clip_text_encode(ctx: NodeContext, text: str, clip: ClipHandle):
         if clip_skip is not None or needs_custom_encoding(text, ckpt.pipe.tokenizer):
             # Emphasis weights, more than 75 tokens or clip skip (which diffusers' own
             # encode_prompt gets wrong with transformers 5): ComfyUI's chunked, weighted encoding.
-            embeds, pooled = encode_weighted(ckpt.pipe, text, device=ckpt.device, clip_skip=clip_skip, xl=ckpt.is_xl)
-            return (Conditioning(embeds.float().cpu(), None if pooled is None else pooled.float().cpu()),)
+            embeds, pooled = encode_weighted(
+                ckpt.pipe, text, device=ckpt.device, clip_skip=clip_skip, xl=ckpt.is_xl
+            )
+            return (
+                Conditioning(
+                    embeds.float().cpu(), None if pooled is None else pooled.float().cpu()
+                ),
+            )
         if ckpt.is_xl:
             embeds, _, pooled, _ = ckpt.pipe.encode_prompt(
                 prompt=text,

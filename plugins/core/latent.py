@@ -70,7 +70,7 @@ def vae_decode(ctx: NodeContext, samples: Latent, vae: VaeHandle):
         if not torch.isfinite(images).all():
             raise ValueError(
                 "the decoded image is not finite (NaN or infinity): the sampler diverged or fp16 overflowed; "
-                "try another sampler, fewer steps, or dtype = \"float32\""
+                'try another sampler, fewer steps, or dtype = "float32"'
             )
         return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
 

@@ -10,8 +10,7 @@ from runner import Conditioning, Input, Latent, ModelHandle, NodeContext, hookim
 from runner import types as T
 from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
 from runner.diffusion.sampling import SampleJob, latent_preview, sample
-
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+from runner.templates import MAX_SEED
 
 
 def _sampler_pair(values: dict) -> list[tuple[str, str]]:

@@ -239,9 +239,7 @@ def sample(
     x = _cat(pieces).to(dtype)
 
     do_cfg = cfg > 1.0
-    embeds, added = _unet_conditioning(
-        checkpoint, jobs, tuple(latent.shape), do_cfg, device, dtype
-    )
+    embeds, added = _unet_conditioning(checkpoint, jobs, tuple(latent.shape), do_cfg, device, dtype)
 
     # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
     # dpmpp_sde) make two scheduler calls per step.

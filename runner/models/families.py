@@ -86,9 +86,7 @@ def native_size(family: str) -> tuple[int, int]:
     try:
         return NATIVE_SIZES[family]
     except KeyError:
-        raise ModelError(
-            f"unknown model family {family!r}; known: {', '.join(FAMILIES)}"
-        ) from None
+        raise ModelError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}") from None
 
 
 def lora_family(family: str) -> str:

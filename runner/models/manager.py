@@ -355,4 +355,3 @@ def _pipeline_bytes(pipe: Any) -> int:
         if isinstance(component, torch.nn.Module):
             total += sum(p.numel() * p.element_size() for p in component.parameters())
     return total
-

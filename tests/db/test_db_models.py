@@ -141,7 +141,16 @@ def test_every_table_round_trips(database: Database, make_sha) -> None:
         s.add_all([output, job, plugin, entry, queue_state])
         s.flush()
         written = [
-            user, user.settings, lora, parent, generation, output, job, plugin, entry, queue_state
+            user,
+            user.settings,
+            lora,
+            parent,
+            generation,
+            output,
+            job,
+            plugin,
+            entry,
+            queue_state,
         ]
         expected = [
             (type(r), r.__mapper__.primary_key_from_instance(r), _columns(r)) for r in written

@@ -11,7 +11,10 @@ import sqlite3
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 
 def attachment_bytes(server, attachment: dict) -> bytes:

@@ -24,6 +24,7 @@ def loras(refs) -> list[tuple]:
     """(name, weight, clip weight) of each LoRA; weight None = the LoRA's default."""
     return [(ref.name, ref.weight, ref.strength_clip) for ref in refs]
 
+
 SAMPLERS = {"euler", "euler_ancestral", "dpmpp_2m"}
 SCHEDULERS = {"normal", "karras"}
 
@@ -47,7 +48,12 @@ def test_every_inline_option():
         schedulers=SCHEDULERS,
     )
     assert (request.cfg, request.sampler, request.scheduler) == (5.5, "dpmpp_2m", "karras")
-    assert (request.strength, request.batch_size, request.width, request.height) == (0.6, 3, 768, 512)
+    assert (request.strength, request.batch_size, request.width, request.height) == (
+        0.6,
+        3,
+        768,
+        512,
+    )
     assert request.model == "tiny-random"
 
 

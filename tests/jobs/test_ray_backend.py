@@ -20,6 +20,8 @@ from PIL import Image  # noqa: E402
 from runner.jobs import JobRunner, LocalWorker, MemoryStore, make_job  # noqa: E402
 from runner.jobs.ray_backend import RayBackend, wait_until  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

@@ -12,8 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from db.engine import Database
 from db.models import Generation, Job, JobStatus
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).with_name("recovery_process.py")
 ROOT = Path(__file__).resolve().parents[2]

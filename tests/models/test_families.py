@@ -49,7 +49,9 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, cache_folder: Path) ->
         pipe = make(tokenizer_dir, **kwargs)
         pipe.save_pretrained(checkpoints / f"{family}-folder")
         metadata = {"modelspec.prediction_type": "v"} if family == "sd2-v" else None
-        write_original_layout(pipe, checkpoints / f"{family}.safetensors", layout, metadata=metadata)
+        write_original_layout(
+            pipe, checkpoints / f"{family}.safetensors", layout, metadata=metadata
+        )
     return root
 
 
@@ -98,8 +100,10 @@ def _lora_file(path: Path, family: str, *, kohya: bool = False, metadata=None) -
         unet = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
         tensors[unet + ".lora_down.weight"] = np.zeros((1, context), np.float16)
         tensors[unet + ".lora_up.weight"] = np.zeros((640, 1), np.float16)
-        text = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" if family == "sdxl" else (
-            "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+        text = (
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+            if family == "sdxl"
+            else ("lora_te_text_model_encoder_layers_0_self_attn_q_proj")
         )
         tensors[text + ".lora_down.weight"] = np.zeros((1, te), np.float16)
         tensors[text + ".lora_up.weight"] = np.zeros((te, 1), np.float16)
@@ -162,9 +166,7 @@ def test_native_sizes_and_lora_family() -> None:
 
 
 @pytest.mark.parametrize("family", list(MAKERS))
-def test_manager_family_and_native_size_without_loading(
-    manager: ModelManager, family: str
-) -> None:
+def test_manager_family_and_native_size_without_loading(manager: ModelManager, family: str) -> None:
     for name in (f"{family}.safetensors", f"{family}-folder"):
         assert manager.family(name) == family
         assert manager.native_size(name) == families.NATIVE_SIZES[family]

@@ -71,7 +71,9 @@ def test_one_safe_path_rule_for_models_and_stored_files(settings, name: str) -> 
 
     with pytest.raises(UnsafePath, match="must be a plain name"):
         safe_relative_path(name)
-    with pytest.raises(ModelError, match="model name .* must be a plain name relative to the models"):
+    with pytest.raises(
+        ModelError, match="model name .* must be a plain name relative to the models"
+    ):
         ModelManager(settings).resolve_checkpoint(name or "")
     with pytest.raises(UnsafeStoredPath, match="outside the data folder"):
         stored_path(settings.data_dir, name)

@@ -17,6 +17,8 @@ from public_api import private_runner_imports
 from db import plugins as db_plugins
 from runner.errors import WorkflowInvalid
 
+pytestmark = pytest.mark.slow
+
 NAME = "easel-plugin-example"
 
 

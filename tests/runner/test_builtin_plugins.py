@@ -55,5 +55,11 @@ def test_core_nodes_by_category():
             "VAEDecode",
             "VAEEncode",
         ],
-        "plugins.core.image": ["ImageScale", "ImageScaleBy", "LoadImage", "PreviewImage", "SaveImage"],
+        "plugins.core.image": [
+            "ImageScale",
+            "ImageScaleBy",
+            "LoadImage",
+            "PreviewImage",
+            "SaveImage",
+        ],
     }

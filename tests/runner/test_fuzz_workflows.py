@@ -22,6 +22,8 @@ from runner.executor import execution_order
 from runner.validation import ERROR_TYPES, validate
 from runner.workflow import load_workflow
 
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(
     deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )

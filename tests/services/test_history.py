@@ -301,7 +301,9 @@ def test_async_api_runs_off_the_event_loop(history, db, settings, monkeypatch):
         by_image = await asyncio.to_thread(history.find_by_image, image)
         got = await asyncio.to_thread(history.get, ALICE, generation.id)
         rerun = await asyncio.to_thread(history.rerun, ALICE, generation.id)
-        failed = await asyncio.to_thread(history.record_result, rerun.generation_id, RuntimeError("boom"))
+        failed = await asyncio.to_thread(
+            history.record_result, rerun.generation_id, RuntimeError("boom")
+        )
         deleted = await asyncio.to_thread(history.delete, ALICE, generation.id)
         return generation, page, by_message, by_image, got, rerun, failed, deleted
 

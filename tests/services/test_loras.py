@@ -315,7 +315,9 @@ def test_async_api_keeps_work_off_the_event_loop(library, db, make_fake_lora, mo
     async def main():
         loop_threads.add(threading.get_ident())
         data = make_fake_lora("sd1")
-        row = await asyncio.to_thread(library.add, ALICE, data, "a.safetensors", name="a", shared=True)
+        row = await asyncio.to_thread(
+            library.add, ALICE, data, "a.safetensors", name="a", shared=True
+        )
         await asyncio.to_thread(library.rename, ALICE, "a", "b")
         await asyncio.to_thread(library.update, ALICE, "b", default_weight=0.4)
         await asyncio.to_thread(library.share, ALICE, "b", True)

@@ -210,7 +210,9 @@ def test_async_export_and_forget(populated, db, settings, tmp_path):
     pm.register(recorder, name="recorder")
 
     async def main():
-        exported = await asyncio.to_thread(userdata.export_user, db, settings, BOB, tmp_path / "bob")
+        exported = await asyncio.to_thread(
+            userdata.export_user, db, settings, BOB, tmp_path / "bob"
+        )
         forgotten = await asyncio.to_thread(userdata.forget_user, db, settings, BOB, pm=pm)
         return exported, forgotten
 

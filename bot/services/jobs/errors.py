@@ -48,5 +48,4 @@ class NotAllowed(JobServiceError):
         super().__init__(f"Only the bot's owners may {action} the queue.")
 
 
-
 __all__ = ["JobAlreadyFinished", "JobNotFound", "JobServiceError", "NotAllowed", "QueueFull"]

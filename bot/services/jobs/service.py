@@ -177,7 +177,9 @@ class JobService(DurableJobs, ResultPosting):
         if waiting >= limit:
             raise QueueFull(user_id, waiting, limit)
         family = prepare.pop("family", None)
-        prepared = self.history.prepare_in_session(session, user_id, request, family=family, **prepare)
+        prepared = self.history.prepare_in_session(
+            session, user_id, request, family=family, **prepare
+        )
         stored_request = (
             prepared.request.model_dump(mode="json") if prepared.request is not None else {}
         )

@@ -166,9 +166,7 @@ class DurableJobs:
                 error = JobCancelled(outcome.error or "cancelled")
             elif status is JobStatus.FAILED:
                 error = RuntimeError(outcome.error or "failed")
-            self.history.record_in_session(
-                session, generation.id, staged, outcome.seconds, error
-            )
+            self.history.record_in_session(session, generation.id, staged, outcome.seconds, error)
             db_jobs.set_job_status(session, job_id, status, error=outcome.error, worker=worker)
         return True
 

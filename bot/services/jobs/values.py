@@ -78,14 +78,11 @@ class RecoveryReport:
 Poster = Callable[[JobResult], "int | None | Awaitable[int | None]"]
 
 
-
 Poster = Callable[[JobResult], "int | None | Awaitable[int | None]"]
 """Posts a job's result (sync or async); returns the message id, if any."""
 
 
-def job_info(
-    job: Job, position: int | None, estimated_wait_s: float | None = None
-) -> JobInfo:
+def job_info(job: Job, position: int | None, estimated_wait_s: float | None = None) -> JobInfo:
     """A job row as the queue shows it, at ``position`` (None while it runs)."""
     request = (job.request or {}).get("request") or {}
     return JobInfo(

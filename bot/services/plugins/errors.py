@@ -94,7 +94,6 @@ class CannotChange(PluginServiceError):
         super().__init__(f"cannot change plugin {name!r}: {reason}")
 
 
-
 REFUSALS: tuple[type[Exception], ...] = (
     NotOwner,
     InstallsDisabled,

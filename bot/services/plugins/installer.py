@@ -65,9 +65,7 @@ class PipInstaller:
             *self.settings.plugin_pip_args,
             *extra,
         ]
-        return pip.run_pip(
-            args, timeout_s=self.settings.plugin_pip_timeout_s, spec=spec, cwd=work
-        )
+        return pip.run_pip(args, timeout_s=self.settings.plugin_pip_timeout_s, spec=spec, cwd=work)
 
     def plan(self, spec: str, target: str) -> InstallPlan:
         """What pip would install for ``target`` (``pip install --dry-run --report -``);

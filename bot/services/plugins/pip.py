@@ -43,8 +43,6 @@ class PipRun:
         """The lines that matter, for an owner (see :func:`summarize_pip`)."""
         return summarize_pip(self.output)
 
-
-
     @property
     def warnings(self) -> str:
         """pip's warning lines (from stderr)."""
@@ -193,7 +191,6 @@ def packages_from_report(report: dict[str, Any], output: str = "") -> tuple[Pack
             )
         )
     return tuple(out)
-
 
 
 def read_report(text: str, run: PipRun, spec: str) -> tuple[PackageChange, ...]:

@@ -89,7 +89,6 @@ def remove_stale_versions(prefix: Path, name: str, version: str) -> list[str]:
     return removed
 
 
-
 def remove_dropin(dropin_dir: Path, path: Path) -> list[str]:
     """Delete the drop-in file or folder ``path`` if it lies inside ``dropin_dir``."""
     if dropin_dir.resolve() not in path.resolve().parents:

@@ -161,5 +161,4 @@ class InstallResult:
     seconds: float
 
 
-
 __all__ = ["InstallPlan", "InstallResult", "PackageChange", "PluginStatus"]

@@ -48,5 +48,4 @@ def environment_with_plugins(settings: Any, db: Database) -> PluginRuntime:
     return PluginRuntime(env, service, service.list_plugins(LOCAL_OPERATOR))
 
 
-
 __all__ = ["PluginRuntime", "environment_with_plugins", "start_plugins"]

@@ -35,7 +35,9 @@ class HistoryCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         await self.show_page(interaction, query, page)
 
-    async def show_page(self, interaction: discord.Interaction, query: str | None, page: int) -> None:
+    async def show_page(
+        self, interaction: discord.Interaction, query: str | None, page: int
+    ) -> None:
         """Show page ``page`` of the user's history (also the page buttons' action)."""
         read = functools.partial(
             self.bot.generations.history.history,
@@ -79,7 +81,9 @@ class HistoryCog(commands.Cog):
 
 
 class _PageButton(discord.ui.Button):
-    def __init__(self, cog: HistoryCog, query: str | None, page: int, label: str, *, disabled: bool):
+    def __init__(
+        self, cog: HistoryCog, query: str | None, page: int, label: str, *, disabled: bool
+    ):
         super().__init__(label=label, style=discord.ButtonStyle.secondary, disabled=disabled, row=1)
         self.cog, self.query, self.page = cog, query, page
 
