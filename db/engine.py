@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from db.errors import DbError
 from db.functions import SQLITE_CASEFOLD, py_casefold
 
 P = ParamSpec("P")
@@ -51,6 +52,69 @@ def is_sqlite_memory(url: str | URL) -> bool:
         return False
     database = u.database or ""
     return database in ("", ":memory:") or "mode=memory" in database
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL, or None for another database or an in-memory one."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or is_sqlite_memory(u) or u.query.get("uri"):
+        return None
+    return Path(u.database).expanduser() if u.database else None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+_RESTORE = (
+    "restore it from a backup (copy the backup over this file, with the bot stopped), or "
+    "move it away to start with an empty database"
+)
+
+
+class DatabaseFileError(DbError):
+    """An existing database file that easel will not open: empty, not SQLite, truncated or
+    damaged. The message names the file and how to restore it."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"the database file {self.path} {problem}; {_RESTORE}")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse an existing file that cannot be easel's SQLite database: empty (a new database
+    is created only where no file exists), without the SQLite header, or shorter than its
+    header says (truncated). Raises :class:`DatabaseFileError`; a missing file passes."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise DatabaseFileError(path, "is empty (0 bytes), so it holds none of easel's data")
+    if not header.startswith(SQLITE_HEADER) or len(header) < 100:
+        raise DatabaseFileError(path, "is not a SQLite database (it lacks the SQLite header)")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The page count in the header is valid when its change counters agree.
+    if pages and header[24:28] == header[92:96] and size < pages * page_size:
+        raise DatabaseFileError(
+            path,
+            f"is truncated (its header says {pages * page_size} bytes, the file has {size})",
+        )
+
+
+def damaged_database(path: Path | None, exc: BaseException) -> DatabaseFileError | None:
+    """The :class:`DatabaseFileError` for a SQLite error that means the file is damaged
+    ("database disk image is malformed", "file is not a database"), else None."""
+    text = str(getattr(exc, "orig", None) or exc)
+    markers = ("malformed", "not a database", "file is encrypted", "disk image")
+    if path is None or not any(m in text for m in markers):
+        return None
+    return DatabaseFileError(path, f"is damaged (SQLite says: {text})")
 
 
 def _sync_url(url: str | URL) -> URL:

@@ -12,6 +12,8 @@ its children) and ``PRAGMA foreign_key_check`` must come back clean afterwards.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,8 +26,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from db.engine import make_engine
+from db.engine import make_engine, sqlite_file
 from db.errors import DbError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 #: Where Alembic finds the scripts: a package resource, not a path in the repository.
 SCRIPT_LOCATION = "db:migrations"
@@ -59,6 +66,40 @@ def _connection(target: str | URL | Engine, *, foreign_keys: bool = True) -> Ite
             engine.dispose()
 
 
+_PROCESS_LOCK = threading.RLock()
+_depth = 0  # how deeply the thread holding _PROCESS_LOCK has entered migration_lock
+
+
+def lock_file(target: str | URL | Engine) -> Any:
+    """The lock file beside a SQLite database file (``<file>.lock``), or None."""
+    url = target.url if isinstance(target, Engine) else target
+    path = sqlite_file(url)
+    return None if path is None else path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def migration_lock(target: str | URL | Engine) -> Iterator[None]:
+    """Migrations one at a time: threads of this process take turns (Alembic's
+    ``context`` is global to the process), and processes take turns under an ``fcntl``
+    lock on :func:`lock_file` for a SQLite file. Re-entrant within a thread."""
+    global _depth
+    with _PROCESS_LOCK:
+        path = lock_file(target) if _depth == 0 and fcntl is not None else None
+        fd = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        _depth += 1
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            _depth -= 1
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+
 def _sqlite_foreign_keys(conn: Connection, on: bool) -> None:
     # PRAGMA foreign_keys is ignored inside a transaction, so it goes straight to the
     # driver's connection (SQLAlchemy's BEGIN has not been emitted yet, or was ended).
@@ -68,7 +109,7 @@ def _sqlite_foreign_keys(conn: Connection, on: bool) -> None:
 
 
 def _run(target: str | URL | Engine, fn: Any, *args: Any) -> None:
-    with _connection(target) as conn:
+    with migration_lock(target), _connection(target) as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:
             _sqlite_foreign_keys(conn, False)

@@ -168,6 +168,14 @@ def delete_user_data(session: Session, user_id: int) -> list[StoredFile]:
     return orphans
 
 
+def referenced_file_hashes(session: Session) -> tuple[set[str], set[str]]:
+    """The content hashes of every result image and every LoRA file some row references
+    (of any user): what the data folder must keep."""
+    images = set(session.scalars(select(GenerationOutput.sha256).distinct()))
+    loras = set(session.scalars(select(Lora.sha256).distinct()))
+    return images, loras
+
+
 def user_row_counts(session: Session, user_id: int) -> dict[str, int]:
     """How many rows in each table belong to (or were made by) ``user_id``; all
     zeros after :func:`delete_user_data`."""

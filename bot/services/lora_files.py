@@ -21,7 +21,9 @@ An uploaded file goes through, in order, and is refused at the first problem:
    model the user chose, if any.
 
 Uploads are staged in a temporary file (the reader needs a path), which is renamed into
-place by the caller or deleted: a refused file leaves nothing behind.
+place by the caller or deleted: a refused file leaves nothing behind. The staging process
+holds a lock on its file (:func:`bot.services.storage.lock_staging_file`), so a file left
+by a killed process is told apart from one in use and removed at the next start.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ from bot.services.lora_file_errors import (
     TooManyTensors,
     WrongFamily,
 )
-from bot.services.storage import place_file, sha256_file
+from bot.services.storage import (
+    lock_staging_file,
+    place_file,
+    release_staging_file,
+    sha256_file,
+)
 from runner.errors import ModelError, UnsafeFileError
 from runner.files import HeaderTooLarge as _HeaderTooLarge
 from runner.files import read_safetensors_header, refuse_pickle
@@ -107,12 +114,15 @@ class StagedLora:
     committed: bool = False
     """Whether :meth:`commit` moved the file to its place."""
     discarded: bool = False
+    lock_fd: int | None = None
+    """The staging lock held while the file waits (see the module docstring)."""
 
     def commit(self, target: Path) -> bool:
         """Move the file to ``target``; True when ``target`` was created by this call
         (False when the same file was already there)."""
         created = place_file(self.path, target, move=True)
         self.committed = True
+        self._release()
         return created
 
     def discard(self) -> None:
@@ -120,6 +130,11 @@ class StagedLora:
         if not self.committed and not self.discarded:
             self.path.unlink(missing_ok=True)
         self.discarded = True
+        self._release()
+
+    def _release(self) -> None:
+        fd, self.lock_fd = self.lock_fd, None
+        release_staging_file(fd)
 
     def __enter__(self) -> StagedLora:
         return self
@@ -174,8 +189,10 @@ def stage_lora_upload(
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".safetensors", dir=staging_dir)
     path = Path(tmp)
+    lock_fd = None
     try:
         with os.fdopen(fd, "wb") as fh:
+            lock_fd = lock_staging_file(path)
             fh.write(data)
         info = inspect_lora_file(
             path,
@@ -189,8 +206,9 @@ def stage_lora_upload(
         )
     except BaseException:
         path.unlink(missing_ok=True)
+        release_staging_file(lock_fd)
         raise
-    return StagedLora(path=path, filename=name, info=info)
+    return StagedLora(path=path, filename=name, info=info, lock_fd=lock_fd)
 
 
 def inspect_lora_file(

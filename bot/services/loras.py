@@ -26,7 +26,12 @@ from bot.services.lora_files import (
     check_lora_filename,
     stage_lora_upload,
 )
-from bot.services.storage import delete_unreferenced, relative_to_data, stored_path
+from bot.services.storage import (
+    LORA_STAGING_FOLDER,
+    delete_unreferenced,
+    relative_to_data,
+    stored_path,
+)
 from db import loras as db_loras
 from db.engine import Database
 from db.errors import FamilyMismatch, NameTaken
@@ -36,8 +41,10 @@ from runner.models.families import lora_family
 from runner.settings import EngineSettings
 from runner.templates import GenerationRequest, LoraRef
 
-STAGING_FOLDER = ".incoming"
-"""Uploads wait here (inside the library folder, so that storing them is a rename)."""
+STAGING_FOLDER = LORA_STAGING_FOLDER
+"""Uploads wait here (inside the library folder, so that storing them is a rename); files
+a killed process left are removed at the next start
+(:func:`bot.services.storage.tidy_data_folder`)."""
 
 _UNSET: Any = object()
 

@@ -7,6 +7,12 @@ those rows point at under ``files/loras/`` and ``files/images/``.
 Forgetting deletes every row of the user, then the files no other row references (a
 file another user also has stays), then calls each plugin's ``easel_forget_user`` hook.
 A plugin that raises is reported by name; the others still run.
+
+Forgetting is complete even across a crash: the user's files are written down
+(:func:`bot.services.storage.record_pending_deletions`) in the transaction that deletes
+the rows, before it commits, and the next start (or the next ``forget``) deletes those no
+row references (:func:`bot.services.storage.finish_pending_deletions`). Forgetting a user
+again is harmless: nothing is left to delete, and the plugins are asked again.
 """
 
 from __future__ import annotations
@@ -20,7 +26,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bot.services.errors import ExportTargetNotEmpty
-from bot.services.storage import delete_unreferenced, place_file, stored_path, write_atomic
+from bot.services.storage import (
+    clear_pending_deletions,
+    delete_unreferenced,
+    finish_pending_deletions,
+    place_file,
+    record_pending_deletions,
+    stored_path,
+    write_atomic,
+)
 from db import userdata as db_userdata
 from db.engine import Database
 from db.results import StoredFile
@@ -170,12 +184,18 @@ def call_forget_hooks(pm: Any, user_id: int, data_dir: Path) -> tuple[list[str],
 
 
 def _forget_tx(
-    session: Session, user_id: int
-) -> tuple[dict[str, int], list[StoredFile], list[StoredFile]]:
+    session: Session, user_id: int, data_dir: Path
+) -> tuple[dict[str, int], list[StoredFile], list[StoredFile], Path | None]:
     rows = db_userdata.user_row_counts(session, user_id)
     files = db_userdata.user_files(session, user_id)
     orphans = db_userdata.delete_user_data(session, user_id)
-    return rows, files, orphans
+    # Written before the commit: if the process dies after it, the next start deletes them.
+    record = record_pending_deletions(data_dir, orphans)
+    return rows, files, orphans, record
+
+
+def _delete_files(db: Database, data_dir: Path, orphans: list[StoredFile]) -> list[str]:
+    return db.run_sync(delete_unreferenced, data_dir, orphans) if orphans else []
 
 
 def _report(
@@ -207,8 +227,11 @@ def forget_user(
     or plugins that cannot be loaded, are reported in :attr:`ForgetReport.plugin_errors`;
     the deletion stands.
     """
-    rows, files, orphans = db.run_sync(_forget_tx, user_id)
-    deleted = db.run_sync(delete_unreferenced, settings.data_dir, orphans) if orphans else []
+    # A forget a crash interrupted is finished first (the start does it too).
+    finish_pending_deletions(db, settings.data_dir)
+    rows, files, orphans, record = db.run_sync(_forget_tx, user_id, settings.data_dir)
+    deleted = _delete_files(db, settings.data_dir, orphans)
+    clear_pending_deletions(record)
     called, errors = _plugins(pm, load_plugins, user_id, settings.data_dir)
     return _report(user_id, rows, files, deleted, called, errors)
 
