@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from bot.cli.common import close_environment, load_settings, make_environment
+from bot.cli.common import close_environment, handle_errors, load_settings, make_environment
 
 log = logging.getLogger("bot.discord")
 
@@ -60,6 +60,7 @@ async def run_bot(settings, env, *, sync: bool) -> None:
     help="Ray cluster address, e.g. HOST:6379 or ray://HOST:10001 (with --backend ray; "
     "default: the `ray_address` setting).",
 )
+@handle_errors  # a damaged database or an unusable data folder: one sentence, exit 1
 def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
     """Run the Discord bot (token from DISCORD_TOKEN or the config file).
 

@@ -53,8 +53,12 @@ def make_environment(settings):
 
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
+    from bot.services.storage import ensure_folder
     from runner.environment import Environment
 
+    # A data folder that cannot be made is said at once, not after sampling.
+    ensure_folder(settings.data_dir)
+    ensure_folder(settings.output_dir, what="the output folder")
     if _database_exists(settings):
         # Plugins installed by owners (pip into the data folder, drop-ins) and their
         # enabled/disabled state live with the database: load them as the bot does.
@@ -92,6 +96,8 @@ def explain_error(exc: BaseException) -> tuple[str, int] | None:
 
     from bot.services.errors import DbError, Forbidden, NameTaken, NotFound, ServiceError
     from bot.services.lora_files import FamilyUnknown, LoraFileError
+    from bot.services.storage import DataFolderError
+    from db.engine import DatabaseFileError
     from runner.errors import (
         EaselError,
         JobCancelled,
@@ -110,8 +116,12 @@ def explain_error(exc: BaseException) -> tuple[str, int] | None:
         return f"error: {exc}", EXIT_BAD_INPUT
     if isinstance(exc, NodeExecutionError):
         return f"error: {exc}", EXIT_FAILED
+    if isinstance(exc, DatabaseFileError | DataFolderError):
+        return f"error: {exc}", EXIT_FAILED
     if isinstance(exc, SQLAlchemyError):
-        return f"error: database problem: {exc}", EXIT_FAILED
+        # The driver's message, without the SQL statement and parameters.
+        detail = getattr(exc, "orig", None) or exc
+        return f"error: database problem: {detail}", EXIT_FAILED
     if isinstance(exc, NotFound):
         return f"error: no {exc.kind} {exc.value!r} found", EXIT_BAD_INPUT
     if isinstance(exc, NameTaken):

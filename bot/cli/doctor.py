@@ -298,6 +298,7 @@ def run_checks(settings) -> list[Check]:
                 "set data_dir (EASEL_DATA_DIR) to a folder you can write",
             )
         )
+    checks += __import__("bot.cli.doctor_database", fromlist=["_"]).database_checks(settings)
     if getattr(settings, "discord_token", None):
         checks.append(Check("ok", "Discord token set"))
     else:

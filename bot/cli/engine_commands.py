@@ -44,7 +44,6 @@ def parse_lora_option(text: str) -> tuple[str, float]:
 def store_input_image(settings, path: Path) -> str:
     """Check an init image and copy it into the input folder under its content hash; returns
     the name LoadImage takes."""
-    from runner.files import write_atomic
     from runner.images import BadImage, open_image, sha256_bytes
 
     try:
@@ -59,16 +58,26 @@ def store_input_image(settings, path: Path) -> str:
     name = f"{sha256_bytes(data)[:20]}.png"
     target = settings.input_dir / name
     if not target.exists():
-        write_atomic(target, data)
+        _write(target, data, "the init image")
     return name
+
+
+def _write(target: Path, data: bytes, what: str) -> None:
+    """Write a file atomically, or say in one sentence why it cannot be written (a full
+    disk, a read-only folder)."""
+    from runner.files import write_atomic
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, data)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {what} {target}: {exc.strerror or exc}") from None
 
 
 def write_outputs(images: list[str], out: Path) -> list[Path]:
     """Copy the saved PNGs to ``out`` (``out_2.png``... for more than one), converting to the
     format the suffix names."""
     from PIL import Image
-
-    from runner.files import write_atomic
 
     fmt = OUT_FORMATS.get(out.suffix.lower())
     if fmt is None:
@@ -85,7 +94,7 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
             with Image.open(source) as im:
                 im.convert("RGB").save(buf, format=fmt, quality=92)
             data = buf.getvalue()
-        write_atomic(target, data)
+        _write(target, data, "the image")
         written.append(target)
     return written
 
