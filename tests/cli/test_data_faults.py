@@ -158,10 +158,45 @@ def test_generate_with_a_data_folder_that_cannot_be_created(env, tmp_path):
     )
 
 
+def _full_disk_prefix() -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace where the folder
+    ``$0`` is a 64 KiB tmpfs filled to the last byte: a real full disk (ENOSPC)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    flags = ["--mount"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--mount"]
+    probe = subprocess.run([unshare, *flags, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
+    script = (
+        'mount -t tmpfs -o size=64k easel-full "$0" || exit 99; '
+        'head -c 1000000 /dev/zero > "$0/fill" 2>/dev/null; exec "$@"'
+    )
+    return [unshare, *flags, "sh", "-c", script]
+
+
 def test_generate_on_a_full_disk(env, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
     assert easel(env, *GENERATE, "--out", tmp_path / "warm.png").returncode == 0  # model cached
-    out = tmp_path / "fox.png"
-    result = easel(env, *GENERATE, "--out", out, limit_file_bytes=2048)
+    out = full / "fox.png"
+    result = subprocess.run(
+        [*_full_disk_prefix(), str(full), EASEL, *GENERATE, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 99, result.stderr
     line = one_sentence(result)
-    assert "File too large" in line and line.startswith("error")
+    assert line == f"Error: cannot write the image {out}: No space left on device"
+    assert not out.exists()
+
+
+def test_generate_over_the_file_size_limit(env, tmp_path):
+    # RLIMIT_FSIZE: every write past 2 KiB fails (EFBIG), the data folder's included.
+    assert easel(env, *GENERATE, "--out", tmp_path / "warm.png").returncode == 0
+    out = tmp_path / "fox.png"
+    line = one_sentence(easel(env, *GENERATE, "--out", out, limit_file_bytes=2048))
+    assert line.startswith("error: ") and "File too large" in line
     assert not out.exists()
