@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bot.cli.doctor import Check
 from bot.services.database import database_url
 from db.engine import DatabaseFileError, check_sqlite_file, sqlite_file
 
@@ -34,8 +33,10 @@ def _quick_check(path: Path) -> list[str]:
     return [] if problems == ["ok"] else problems
 
 
-def database_checks(settings) -> list[Check]:
+def database_checks(settings) -> list:
     """The database of ``settings``: missing (made at the first start), or checked."""
+    from bot.cli.doctor import Check  # doctor imports this module
+
     url = database_url(settings)
     path = sqlite_file(url)
     if path is None:

@@ -58,7 +58,7 @@ def _open(url: str, path: Path | None, upgrade: bool, kwargs: dict[str, Any]) ->
         try:
             if upgrade:
                 db.upgrade()
-            elif path is not None:
+            elif path is not None and path.exists():
                 db.current()  # reads the file: a damaged one is refused here
         except BaseException as exc:
             db.close()
