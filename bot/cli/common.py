@@ -94,10 +94,10 @@ def explain_error(exc: BaseException) -> tuple[str, int] | None:
     that is not easel's (click's own, or a bug: let it propagate)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from bot.services.database import DatabaseFileError
     from bot.services.errors import DbError, Forbidden, NameTaken, NotFound, ServiceError
     from bot.services.lora_files import FamilyUnknown, LoraFileError
     from bot.services.storage import DataFolderError
-    from db.engine import DatabaseFileError
     from runner.errors import (
         EaselError,
         JobCancelled,

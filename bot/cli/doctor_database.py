@@ -9,8 +9,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bot.services.database import database_url
-from db.engine import DatabaseFileError, check_sqlite_file, sqlite_file
+from bot.services.database import (
+    DatabaseFileError,
+    check_sqlite_file,
+    database_url,
+    sqlite_file,
+)
 
 MAX_PROBLEMS_SHOWN = 3
 

@@ -22,7 +22,13 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.services.storage import DataFolderError, ensure_folder, tidy_data_folder
 from db import migrate
-from db.engine import Database, check_sqlite_file, damaged_database, sqlite_file
+from db.engine import (
+    Database,
+    DatabaseFileError,
+    check_sqlite_file,
+    damaged_database,
+    sqlite_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,4 +103,10 @@ def open_database(settings: Any, *, upgrade: bool = True, **kwargs: Any) -> Data
     return db
 
 
-__all__ = ["database_url", "open_database"]
+__all__ = [
+    "DatabaseFileError",
+    "check_sqlite_file",
+    "database_url",
+    "open_database",
+    "sqlite_file",
+]
