@@ -83,7 +83,10 @@ class DatabaseFileError(DbError):
 def check_sqlite_file(path: Path) -> None:
     """Refuse an existing file that cannot be easel's SQLite database: empty (a new database
     is created only where no file exists), without the SQLite header, or shorter than its
-    header says (truncated). Raises :class:`DatabaseFileError`; a missing file passes."""
+    header says (truncated). Raises :class:`DatabaseFileError`; a missing file passes.
+
+    Call it only before this process connects to the file: closing a descriptor of a
+    file releases all of the process's POSIX locks on it, SQLite's among them."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:

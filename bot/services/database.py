@@ -32,6 +32,9 @@ from db.engine import (
 
 log = logging.getLogger(__name__)
 
+_checked: set[Path] = set()
+"""Database files this process has checked (and may hold connections to)."""
+
 
 def database_url(settings: Any) -> str:
     """The SQLAlchemy URL in force: ``database_url`` from the configuration, else the
@@ -56,8 +59,12 @@ def _create_sqlite(path: Path) -> None:
 
 def _open(url: str, path: Path | None, upgrade: bool, kwargs: dict[str, Any]) -> Database:
     with migrate.migration_lock(url):
-        if path is not None:
+        if path is not None and path not in _checked:
+            # Reading the file directly is safe only while this process has no SQLite
+            # connection to it: closing any descriptor of a file drops every POSIX lock
+            # the process holds on it, SQLite's included. So once per process, first.
             check_sqlite_file(path)
+            _checked.add(path)
             if upgrade and not path.exists():
                 _create_sqlite(path)
         db = Database(url, **kwargs)
