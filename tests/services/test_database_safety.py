@@ -122,10 +122,14 @@ def test_several_processes_open_one_new_database(tmp_path):
 
 @pytest.fixture
 def migrated(tmp_path) -> Path:
-    data = tmp_path / "data"
-    with open_database(Settings(data_dir=data)):
+    """A database file made by an earlier run (this process never opened this path)."""
+    made = tmp_path / "made"
+    with open_database(Settings(data_dir=made)):
         pass
-    return data / "easel.sqlite3"
+    path = tmp_path / "data" / "easel.sqlite3"
+    path.parent.mkdir()
+    shutil.copyfile(made / "easel.sqlite3", path)
+    return path
 
 
 def _refused(path: Path, match: str) -> DatabaseFileError:
