@@ -12,7 +12,8 @@ import discord
 from bot.discord import context
 from bot.services.generation import Destination, Submission, base_size, request_from_generation
 from bot.services.moderation import Refused
-from bot.services.parsing import Limits, build_request, size_for_aspect
+from bot.services.parsing import Limits, size_for_aspect
+from bot.services.request_builder import build_request
 from bot.services.uploads import store_input_image
 from runner.images import sha256_bytes
 from runner.templates import GenerationRequest
