@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from runner.plugin_host.breadcrumbs import FOLDER as CRUMB_FOLDER
+from runner.plugin_host.breadcrumbs import Breadcrumbs
+from runner.plugin_host.breadcrumbs import forget as forget_crumb
 from runner.plugin_host.discovery import (
     discover_plugins,
     forget_dropin_folder,
@@ -38,6 +41,7 @@ from runner.plugin_host.records import (
     ENABLED,
     FAILED,
     LOADING,
+    RAISED,
     PluginEvent,
     PluginRecord,
     PluginSource,
@@ -91,7 +95,16 @@ class PluginHost:
             if hook_timeout_s is not None
             else float(getattr(settings, "plugin_hook_timeout_s", 30.0))
         )
-        self.guard = Guard(self._report, timeout, f"{self.pm.project_name}_impl")
+        data_dir = getattr(settings, "data_dir", None)
+        self.crumbs = Breadcrumbs(Path(data_dir) / CRUMB_FOLDER) if data_dir else None
+        """Breadcrumbs in the data folder around imports and hook calls (None without one)."""
+        self.guard = Guard(
+            self._report,
+            timeout,
+            f"{self.pm.project_name}_impl",
+            notice=self._notice,
+            crumbs=self.crumbs,
+        )
         self._records: dict[str, PluginRecord] = {}
         self._lock = threading.RLock()
         self._depth = 0
@@ -170,6 +183,12 @@ class PluginHost:
             log.warning("plugin %s failed: %s", record.name, reason)
             self._pending[record.name] = reason
 
+    def _notice(self, record: PluginRecord, details: str) -> None:
+        """A propagating hook raised (its caller handles it; the plugin stays on): tell the
+        listeners (``raised``) so that owners learn the details users are not shown."""
+        with self._operation():
+            self._events.append(PluginEvent(record.name, RAISED, details))
+
     def _process_pending(self) -> None:
         while self._pending:
             name, reason = next(iter(self._pending.items()))
@@ -242,8 +261,17 @@ class PluginHost:
         ``disabled`` (name -> reason), which are recorded as disabled. Returns the records."""
         disabled = {normalize_name(k): v for k, v in (disabled or {}).items()}
         with self._operation():
+            crashed = self._crashed()
             for name, source in sorted(self.discover().items()):
                 record = self._records.get(name)
+                if name in crashed and name not in disabled and record is None:
+                    # It ended a previous process: not imported again until an owner says so.
+                    record = self._record_for(source, record)
+                    record.status = FAILED
+                    record.error = crashed[name]
+                    self._events.append(PluginEvent(name, FAILED, crashed[name]))
+                    log.error("plugin %s disabled: %s", name, crashed[name])
+                    continue
                 if name in disabled:
                     if record is not None and record.status == ENABLED:
                         self._unload(record, call_shutdown=True)
@@ -276,8 +304,13 @@ class PluginHost:
         record.error = None
         record.hooks = []
         record.node_types, record.templates = [], []
+        log.info("importing plugin %s from %s", record.name, source.location)
         try:
-            targets = import_plugin(source, record, self.dropin_dir)
+            if self.crumbs is None:
+                targets = import_plugin(source, record, self.dropin_dir)
+            else:
+                with self.crumbs.leave(record.name, "import"):
+                    targets = import_plugin(source, record, self.dropin_dir)
         except Exception as exc:
             return self._fail(record, f"could not be imported: {describe_error(exc)}")
         try:
@@ -309,6 +342,17 @@ class PluginHost:
         self._events.append(PluginEvent(record.name, "loaded"))
         log.info("plugin %s %s loaded", record.name, record.version or "")
         return record
+
+    def _crashed(self) -> dict[str, str]:
+        """Plugins that a previous process never came back from (their breadcrumbs are
+        stale), with the reason; the breadcrumbs are removed."""
+        if self.crumbs is None:
+            return {}
+        out: dict[str, str] = {}
+        for crumb in self.crumbs.stale():
+            out.setdefault(normalize_name(crumb.plugin), crumb.reason())
+            forget_crumb(crumb)
+        return out
 
     def _clashes(self, record: PluginRecord) -> str | None:
         """A node type or template name that another plugin already provides."""

@@ -44,6 +44,7 @@ from db import audit as db_audit
 from db import plugins as db_plugins
 from runner.plugin_host import (
     FAILED,
+    RAISED,
     PluginEvent,
     PluginHost,
     PluginHostError,
@@ -64,6 +65,10 @@ LOCAL_OPERATOR = 0
 
 AUDIT_PREFIX = "plugin."
 
+RAISED_QUIET_S = 600.0
+"""After telling the owners that a plugin's hook raised, the same plugin and hook raising
+again is not told again for this long (it is logged every time)."""
+
 
 class PluginService:
     """Plugin management for one process: the bot (with a :class:`PluginHost`, so changes
@@ -79,6 +84,9 @@ class PluginService:
         self.site_dirs = self.installer.site_dirs
         self.dropin_dir: Path = Path(settings.plugins_root)
         self._listeners: list[Callable[[PluginEvent], None]] = []
+        self._undelivered: list[PluginEvent] = []
+        """Events noticed before anyone listened (at start, before the bot's cogs exist)."""
+        self._last_raised: dict[str, float] = {}
         if host is not None:
             host.add_listener(self._on_host_event)
 
@@ -118,10 +126,40 @@ class PluginService:
 
     def add_listener(self, listener: Callable[[PluginEvent], None]) -> None:
         """Call ``listener(event)`` when the host switches a plugin off by itself
-        (``event.action == "failed"``), e.g. to tell the owners."""
+        (``event.action == "failed"``) or a moderation or deletion hook raises
+        (``"raised"``, at most once per plugin and hook in :data:`RAISED_QUIET_S`), e.g. to
+        tell the owners. Events noticed before the first listener (at start) go to it."""
         self._listeners.append(listener)
+        pending, self._undelivered = self._undelivered, []
+        for event in pending:
+            self._deliver(event)
+
+    def _deliver(self, event: PluginEvent) -> None:
+        if not self._listeners:
+            self._undelivered.append(event)
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("plugin listener failed on %s", event)
+
+    def _on_raised(self, event: PluginEvent) -> None:
+        """A propagating hook raised: the caller refused or withheld; owners get the details,
+        once per plugin and hook in a while (a broken checker raises on every request)."""
+        key = f"{event.name} {(event.reason or '').split(':', 1)[0]}"
+        now = time.monotonic()
+        last = self._last_raised.get(key)
+        if last is not None and now - last < RAISED_QUIET_S:
+            return
+        self._last_raised[key] = now
+        self._audit(LOCAL_OPERATOR, "raised", event.name, {"reason": event.reason, "by": "easel"})
+        self._deliver(event)
 
     def _on_host_event(self, event: PluginEvent) -> None:
+        if event.action == RAISED:
+            self._on_raised(event)
+            return
         if event.action != FAILED:
             return
         try:
@@ -130,11 +168,7 @@ class PluginService:
         except Exception:
             log.exception("could not record that plugin %s failed", event.name)
         self._audit(LOCAL_OPERATOR, "failed", event.name, {"reason": event.reason, "by": "easel"})
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("plugin listener failed on %s", event)
+        self._deliver(event)
 
     def _ensure_row(self, name: str, record: PluginRecord | PluginSource | None) -> None:
         if self.db.read_sync(db_plugins.get_plugin, name) is not None:
