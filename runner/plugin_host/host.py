@@ -113,6 +113,8 @@ class PluginHost:
         self._listeners: list[Callable[[PluginEvent], None]] = []
         self._added_paths: list[str] = []
         self._loaded_before: set[str] = set()
+        self._provided_by: dict[str, set[str]] = {}
+        """The node types each plugin provided when it was last enabled in this process."""
         for path in self.package_dirs:
             if str(path) not in sys.path:
                 sys.path.append(str(path))
@@ -436,6 +438,8 @@ class PluginHost:
             self._unregister(record)
             record.status = DISABLED
             self._records.pop(record.name, None)
+            self._provided_by.pop(record.name, None)  # its files go: nothing to enable
+            self._note_switched_off_nodes()
             self._events.append(PluginEvent(record.name, "unloaded"))
         return record
 
@@ -471,10 +475,28 @@ class PluginHost:
             self.env.refresh()
         except Exception:  # only unguarded (built-in) plugins can get here
             log.exception("refreshing the node types and templates failed")
+        self._note_switched_off_nodes()
+
+    def _note_switched_off_nodes(self) -> None:
+        """``env.disabled_node_types``: node type -> the plugin that provided it and is off
+        now (disabled or failed), so that a workflow using it says which plugin to enable.
+        A plain dict: validation reads it without calling any plugin."""
+        gone = {}
+        for name, node_types in self._provided_by.items():
+            record = self._records.get(name)
+            if record is not None and record.status == ENABLED:
+                continue
+            for node_type in node_types:
+                if node_type not in self.env.node_types:
+                    gone[node_type] = name
+        self.env.disabled_node_types = gone
 
     def _collect_names(self) -> None:
         for record in self._records.values():
             record.node_types, record.templates = provided_names(self.env, record.name)
+            if record.status == ENABLED and record.node_types:
+                self._provided_by[record.name] = set(record.node_types)
+        self._note_switched_off_nodes()
 
     def refresh(self) -> None:
         """Collect node types and templates again from every registered plugin."""

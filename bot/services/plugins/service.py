@@ -35,6 +35,7 @@ from bot.services.plugins.errors import (
     PipFailed,
     PipTimedOut,
     PluginNotFound,
+    ShadowsEasel,
     SpecRefused,
 )
 from bot.services.plugins.installer import PipInstaller
@@ -264,7 +265,26 @@ class PluginService:
     def plan_install(self, actor_id: int, spec: str) -> InstallPlan:
         """What pip would install for ``spec`` (``pip install --dry-run --report -``), for
         the confirmation step. Owners only; raises like :meth:`install`."""
-        return self.installer.plan(spec, self._prepare(actor_id, spec))
+        target = self._prepare(actor_id, spec)
+        try:
+            return self.installer.plan(spec, target)
+        except PipTimedOut as exc:
+            self._audit(
+                actor_id, "install", spec, {"ok": False, "stage": "plan", "error": str(exc)}
+            )
+            raise
+        except PipFailed as exc:
+            self._audit(
+                actor_id, "install", spec, {"ok": False, "stage": "plan", "pip": exc.summary}
+            )
+            raise
+
+    def decline_install(self, actor_id: int, spec: str) -> None:
+        """The owner answered "no" (or nothing) to the plan: nothing is installed; audited."""
+        self._require_owner(actor_id, "install", spec)
+        self._audit(
+            actor_id, "declined", spec, {"ok": False, "error": "declined at the confirmation"}
+        )
 
     def install(self, actor_id: int, spec: str) -> InstallResult:
         """Install ``spec`` with pip into the plugin packages folder, record it, and load it
@@ -295,6 +315,18 @@ class PluginService:
             self._audit(actor_id, "install", spec, {"ok": False, "pip": summary})
             raise PipFailed(spec, 0, f"pip installed nothing new for {spec!r}\n{summary}")
         name = requested.name
+        shadowing = self.installer.shadowing(packages)
+        if shadowing:
+            for package in sorted({name, *shadowing}):
+                remove_distribution(self.prefix, package)
+            names = sorted({n for clash in shadowing.values() for n in clash})
+            self._audit(
+                actor_id,
+                "install",
+                spec,
+                {"ok": False, "error": "ships easel's package names", "packages": shadowing},
+            )
+            raise ShadowsEasel(name if name in shadowing else ", ".join(sorted(shadowing)), names)
         source = self._discover().get(name)
         if source is None or source.kind != "distribution" or not source.entry_points:
             remove_distribution(self.prefix, name)
