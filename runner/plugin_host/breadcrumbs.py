@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ class Breadcrumbs:
         self._mine: set[Path] = set()
         self._lock = threading.Lock()
         self._warned = False
-        atexit.register(self.clear_own)
+        _LIVE.add(self)
 
     def drop(self, plugin: str, what: str) -> Path | None:
         """Leave a breadcrumb (fsync'd) before calling ``plugin``'s code; its path, or None
@@ -157,6 +158,16 @@ class Breadcrumbs:
     def stale(self) -> list[Crumb]:
         """Breadcrumbs left by processes that are gone: plugins that never returned."""
         return stale_crumbs(self.folder, own=(self.pid, self.started))
+
+
+_LIVE: weakref.WeakSet[Breadcrumbs] = weakref.WeakSet()
+
+
+@atexit.register
+def _clear_at_exit() -> None:
+    """A normal exit: every host's breadcrumbs of this process go (hung calls' included)."""
+    for crumbs in list(_LIVE):
+        crumbs.clear_own()
 
 
 def stale_crumbs(folder: Path, own: tuple[int, str | None] | None = None) -> list[Crumb]:

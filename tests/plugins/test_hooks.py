@@ -262,7 +262,12 @@ def test_hook_easel_check_output(plugin_settings, make_runtime, database):
 
     assert check("bright", "a lamp") == "too bright"
     assert check("dark", "a lamp") is None
-    # A checker that breaks withholds the image (fails closed) and stays enabled.
+    told = []
+    runtime.service.add_listener(told.append)
+    # A checker that breaks withholds the image (fails closed) and stays enabled; the owners
+    # get the details.
     assert check("dark", "forbidden") == "the safety check failed"
     assert runtime.service.info(OWNER, "checker").status == "enabled"
+    assert [(e.name, e.action) for e in told] == [("checker", "raised")]
+    assert "easel_check_output" in told[0].reason and "checker.py:" in told[0].reason
     run_job(runtime.env)
