@@ -213,10 +213,17 @@ def validate(
             continue
         node_type = node_types.get(class_type)
         if node_type is None:
+            # The plugin host notes the node types of plugins switched off (a plain dict).
+            off = (getattr(env, "disabled_node_types", None) or {}).get(class_type)
+            hint = (
+                f"it comes from the plugin {off!r}, which is disabled: enable it (/plugin enable {off})"
+                if off
+                else "`easel nodes` lists the node types available"
+            )
             issues.append(
                 ValidationIssue(
                     "invalid_prompt",
-                    f"unknown node type {class_type!r}; `easel nodes` lists the node types available",
+                    f"unknown node type {class_type!r}; {hint}",
                     node_id,
                     class_type,
                     value=class_type,

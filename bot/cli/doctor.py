@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import click
 
 from bot.cli.common import load_settings, quiet_libraries
+from bot.cli.doctor_plugins import plugin_checks
 from runner.settings import config_file_path
 
 MIN_VERSIONS = {
@@ -298,6 +299,7 @@ def run_checks(settings) -> list[Check]:
                 "set data_dir (EASEL_DATA_DIR) to a folder you can write",
             )
         )
+    checks += plugin_checks(settings)
     if getattr(settings, "discord_token", None):
         checks.append(Check("ok", "Discord token set"))
     else:

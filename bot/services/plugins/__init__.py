@@ -28,6 +28,7 @@ from bot.services.plugins.errors import (
     PipTimedOut,
     PluginNotFound,
     PluginServiceError,
+    ShadowsEasel,
     SpecRefused,
 )
 from bot.services.plugins.pip import (
@@ -65,6 +66,7 @@ __all__ = [
     "PluginServiceError",
     "PluginStatus",
     "REFUSALS",
+    "ShadowsEasel",
     "SpecRefused",
     "classify_spec",
     "environment_constraints",
