@@ -32,6 +32,10 @@ from bot.services.preferences import Preferences
 
 log = logging.getLogger(__name__)
 
+POST_GRACE_S = 3.0
+"""At stop, how long posting may take beyond the running job's grace before the bot
+disconnects anyway (Discord unreachable: the result is posted at the next start)."""
+
 DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.imagine",
     "bot.discord.cogs.remix",
@@ -183,12 +187,25 @@ class EaselBot(commands.Bot):
         log.error("command %s failed", ctx.command, exc_info=error)
 
     async def close(self) -> None:
-        """Stop the job service (a running job gets a few seconds to finish and be
-        posted; waiting jobs stay queued in the database for the next start), then
-        disconnect."""
+        """Stop the job service (a running job gets ``shutdown_timeout_s`` to finish and
+        be posted; waiting jobs stay queued in the database for the next start), then
+        disconnect. Never waits on Discord: when posting does not finish in a few more
+        seconds (Discord unreachable), the bot disconnects anyway, the posts in flight
+        are abandoned, and those results are posted at the next start."""
+        stopping: asyncio.Future | None = None
         try:
             if self._jobs_started and not self._jobs_stopped:
                 self._jobs_stopped = True
-                await asyncio.to_thread(self.jobs.stop, timeout=self.settings.shutdown_timeout_s)
+                grace = self.settings.shutdown_timeout_s
+                stopping = asyncio.ensure_future(asyncio.to_thread(self.jobs.stop, timeout=grace))
+                done, _ = await asyncio.wait({stopping}, timeout=grace + POST_GRACE_S)
+                if not done:
+                    log.warning(
+                        "Discord did not answer within %.0f s: stopping without waiting; "
+                        "results not posted yet are posted at the next start",
+                        grace + POST_GRACE_S,
+                    )
         finally:
+            # Posts still waiting on Discord are cancelled when the loop ends (asyncio.run
+            # cancels what is left), which lets the posting thread, and the stop, end.
             await super().close()

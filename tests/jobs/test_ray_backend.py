@@ -379,10 +379,22 @@ def test_two_easel_workers_on_one_machine_have_their_own_actors(auth_head, tmp_p
 
     tiny_model_dir(cache_folder)
     first = WorkerProcess(
-        auth_head, tmp_path / "a", cache_folder, "--workers", "1", RAY_AUTH_TOKEN=TOKEN
+        auth_head,
+        tmp_path / "a",
+        cache_folder,
+        "--workers",
+        "1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=TOKEN,
     )
     second = WorkerProcess(
-        auth_head, tmp_path / "b", cache_folder, "--workers", "1", RAY_AUTH_TOKEN=TOKEN
+        auth_head,
+        tmp_path / "b",
+        cache_folder,
+        "--workers",
+        "1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=TOKEN,
     )
     try:
         first.wait_for("serving jobs", 180)
