@@ -87,27 +87,46 @@ class RayHead:
         self.stop()
         raise AssertionError(f"the Ray head did not start:\n{self.log.read_text()[-3000:]}")
 
+    def _session(self) -> list[int]:
+        """Every process of the head's session (Ray's workers leave its process group)."""
+        if self.proc is None:
+            return []
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.proc.pid:  # the session id
+                pids.append(int(entry.name))
+        return pids
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in self._session():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def kill(self) -> None:
-        """SIGKILL every process of the head (a crash of the head machine)."""
+        """SIGKILL every process of the head, its workers included (a crash of the head
+        machine)."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._signal_all(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        self._signal_all(signal.SIGTERM)
         try:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             pass
         time.sleep(1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._signal_all(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self.proc = None
