@@ -41,6 +41,7 @@ from bot.services.generation import Destination, Submission, Ticket, result_para
 from bot.services.jobs import JobResult
 from runner import events as ev
 from runner.jobs import Subscription, throttled
+from runner.jobs.backend_driver import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,8 @@ class Reporter:
             async for event in events:
                 if isinstance(event, ev.Queued):
                     await status.update(self._queued_text(ticket.job_id, event.position))
+                elif event.type == "job_requeued" and UNREACHABLE in event.reason:
+                    await status.update(f"⏳ {UNREACHABLE[0].upper()}{UNREACHABLE[1:]}.")
                 elif event.type == "job_requeued":
                     await status.update(
                         "⏳ Back in the queue (its worker stopped); it starts again soon."

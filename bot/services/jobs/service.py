@@ -90,9 +90,11 @@ class JobService(DurableJobs, ResultPosting):
         runner = JobRunner(bus=bus, max_batch=settings.max_batch_jobs)
         backend = None
         if settings.backend == "ray":
-            from runner.jobs.ray_backend import RayBackend
+            # The Ray driver runs in a subprocess started again after the cluster's
+            # loss, so that the head's death neither ends nor wedges the bot.
+            from runner.jobs.backend_driver import DriverBackend
 
-            backend = RayBackend(
+            backend = DriverBackend(
                 settings,
                 address=settings.ray_address,
                 namespace=settings.ray_namespace,
