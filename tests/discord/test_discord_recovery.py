@@ -162,8 +162,10 @@ def test_a_job_that_dies_with_the_bot_every_time_fails_after_max_job_attempts(
 
     bot = make_bot(easel_max_job_attempts="2")
     server.wait_for(
-        lambda: rows(bot.data_dir, "select status, attempts from jobs where id=?", job)
-        == [("running", 2)],
+        lambda: (
+            rows(bot.data_dir, "select status, attempts from jobs where id=?", job)
+            == [("running", 2)]
+        ),
         90,
         "the second attempt",
     )
@@ -180,8 +182,10 @@ def test_a_job_that_dies_with_the_bot_every_time_fails_after_max_job_attempts(
     assert "started 2 times" in message["content"], message["content"]
     assert "not tried again" in message["content"]
     server.wait_for(
-        lambda: rows(bot.data_dir, "select status, attempts, posted from jobs where id=?", job)
-        == [("failed", 2, 1)],
+        lambda: (
+            rows(bot.data_dir, "select status, attempts, posted from jobs where id=?", job)
+            == [("failed", 2, 1)]
+        ),
         30,
         "the failed job to be marked posted",
     )
