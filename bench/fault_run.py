@@ -11,7 +11,8 @@ channel (the bot may not have recorded it yet), and with the channel's answer he
 (the message exists, the bot never hears back). Before each restart the stand-in
 forgets every nonce (Discord remembers one a few minutes only), so a result posted
 twice cannot hide behind ``enforce_nonce``. Interactions reach the bot only while it
-is connected (a slash command sent to a dead bot is Discord's to refuse).
+is connected (a slash command sent to a dead bot is Discord's to refuse), and each is
+answered ("Job #N") before the kill, except for the kills just after an acceptance.
 
 A job is *lost* if the user saw it accepted ("Job #N") but the database has no such job,
 or it never finished; *doubled* if the channel holds more than one message of it (the
@@ -199,6 +200,8 @@ def run(
                 prompt = f"fault run {sent} --steps {steps} --seed {sent + 1}"
                 logs.append(server.slash("imagine", {"prompt": prompt}, user=user))
                 sent += 1
+                if kind != "accepted":  # users see "Job #N" before the kill comes
+                    accepted(server, logs[-1])
             try:
                 moment(kind, server, bot, logs, rng)
             except TimeoutError:
@@ -256,6 +259,14 @@ def run(
     return figures
 
 
+def accepted(server: FakeDiscord, log, timeout: float = 60) -> None:
+    """Wait until the interaction's status says its job was accepted ("Job #N")."""
+    try:
+        server.wait_for(lambda: JOB.search(log.last_text), timeout, "the job to be accepted")
+    except TimeoutError:
+        pass  # counted as unanswered
+
+
 def moment(kind: str, server: FakeDiscord, bot: Bot, logs, rng: random.Random) -> None:
     """Wait for a moment of ``kind`` to kill the bot at."""
     if kind == "delay":
@@ -263,7 +274,7 @@ def moment(kind: str, server: FakeDiscord, bot: Bot, logs, rng: random.Random) -
     elif kind == "sampling":
         server.wait_for(
             lambda: any("Generating: step" in log.last_text for log in logs[-5:]),
-            60,
+            30,
             "a job to sample",
         )
     elif kind == "accepted":

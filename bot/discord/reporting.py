@@ -13,8 +13,15 @@ Two paths meet here:
   job, in this run or after a restart (a job that was queued or running when the process
   died), it posts the result as a channel message that mentions the user, with Discord's
   ``enforce_nonce`` set to the job's nonce, and returns the message id; the job service
-  then marks the job posted. A crash between posting and marking posts again at the next
-  start, and the nonce makes Discord hand back the first message instead of a second.
+  then marks the job posted. After a crash between posting and marking, the job service
+  says the result may have been posted (``maybe_posted``): the channel's messages since
+  then are read and the bot's message of that job (its buttons carry the generation id;
+  a notice names the job) is adopted instead of sending a second, however long the bot
+  was down (Discord remembers a nonce only minutes).
+- Where a job's private status shows (an interaction token, valid 15 minutes, or a
+  reply message) is stored with the job; after a restart that status says the job is
+  queued again (:meth:`Reporter.resumed`, the job service's status notifier) and, once
+  the result is posted, links it or says how it failed.
 
 Results are channel messages, so jobs longer than an interaction token's 15 minutes
 still land.

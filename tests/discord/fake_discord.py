@@ -36,9 +36,18 @@ EPOCH_MS = 1420070400000
 
 
 def snowflake_counter(start_ms: int | None = None):
-    """Increasing snowflakes (their timestamps are now)."""
-    base = ((start_ms or int(time.time() * 1000)) - EPOCH_MS) << 22
-    return (base + i for i in itertools.count(1))
+    """Increasing snowflakes whose timestamps are the time each is made, as Discord's
+    (a client may look for messages "after" a moment: ``channel.history(after=...)``)."""
+    last = ((start_ms or int(time.time() * 1000)) - EPOCH_MS) << 22
+
+    def ids():
+        nonlocal last
+        for _ in itertools.count():
+            now = (int(time.time() * 1000) - EPOCH_MS) << 22
+            last = max(last + 1, now)
+            yield last
+
+    return ids()
 
 
 def now_iso() -> str:
