@@ -18,6 +18,8 @@ A job is *lost* if the user saw it accepted ("Job #N") but the database has no s
 or it never finished; *doubled* if the channel holds more than one message of it (the
 stand-in records each send's nonce for this count); *never posted* if it finished but no
 message of it is in the channel or the database does not say posted as that message.
+``statuses_not_final`` counts private statuses that do not end saying where the job went
+(done with a link, failed or cancelled), e.g. left "Queued" by a killed run.
 Prints one JSON line with the figures; exit code 1 when any is not 0.
 """
 
@@ -313,7 +315,12 @@ def count(server: FakeDiscord, bot: Bot, logs) -> dict:
         if status in ("done", "failed")
         and (not posted or posts[j] == 0 or message_ids.get(j) != message_id)
     )
+    final = ("✅", "⚠️", "🛑")
+    stale = [
+        log for log in logs if JOB.search(log.last_text) and not log.last_text.startswith(final)
+    ]
     return {
+        "statuses_not_final": len(stale),
         "interactions_unanswered": len(logs) - len(seen),
         "jobs_accepted": len(seen),
         "jobs_stored": len(table),

@@ -40,3 +40,4 @@ def test_a_reduced_fault_run_loses_doubles_and_skips_nothing(tmp_path, cache_fol
     assert figures["kills"] == 4 and figures["starts"] == 5, figures
     assert figures["jobs_stored"] >= figures["jobs_accepted"] > 0, figures
     assert (figures["lost"], figures["doubled"], figures["never_posted"]) == (0, 0, 0), figures
+    assert figures["statuses_not_final"] == 0, figures  # none left "Queued" by a killed run
