@@ -93,6 +93,8 @@ class EaselBot(commands.Bot):
             jobs = JobService.create(database, settings, env)
         if jobs.poster is None:
             jobs.poster = self.reporter.post_result
+        if getattr(jobs, "status_notifier", False) is None:
+            jobs.status_notifier = self.reporter.resumed
         self.jobs = jobs
         self.generations = GenerationService(env, database, settings, jobs)
         self.loras = LoraLibrary(database, settings)
