@@ -20,6 +20,7 @@ from db import jobs as db_jobs
 from db.engine import Database
 from db.models import Generation, Job, JobStatus
 from runner.jobs import WorkerLost
+from runner.jobs.backend_driver import UNREACHABLE
 from runner.templates import GenerationRequest
 
 
@@ -138,4 +139,36 @@ def test_a_job_that_succeeds_after_a_lost_worker_keeps_no_error(make_service, da
         assert (job.status, job.attempts, job.posted) == (JobStatus.DONE, 2, True)
         assert job.error is None  # the lost worker's reason is no longer true
         assert generation.status is JobStatus.DONE and generation.error is None
+    assert posts.posted == [(job_id, "done", None)]
+
+
+class OutageWorker(DyingWorker):
+    """A worker lost because the whole Ray cluster became unreachable."""
+
+    def run(self, jobs, emit, tokens):
+        self.ran += [job.job_id for job in jobs]
+        raise WorkerLost(self.name, UNREACHABLE)
+
+
+def test_cluster_outages_do_not_use_up_a_jobs_attempts(make_service, database):
+    posts = Posts()
+    service, local = make_service(posts)
+    outages = [OutageWorker(f"outage-{i}") for i in range(4)]
+    for worker in outages:
+        service.runner.add_worker(worker)
+    lost: list[str] = []
+
+    def on_lost(worker, exc):  # after four outages the cluster is back
+        lost.append(worker.name)
+        if len(lost) == len(outages):
+            for w in local:
+                service.runner.add_worker(w)
+
+    service.runner.on_worker_lost = on_lost
+    service.start()
+    job_id = service.submit(9, request("through four outages")).job_id
+    assert service.wait_idle(120)
+    assert [w.ran for w in outages] == [[str(job_id)]] * 4  # more than max_job_attempts
+    job = database.read_sync(db_jobs.get_job, job_id)
+    assert (job.status, job.attempts, job.error) == (JobStatus.DONE, 1, None)
     assert posts.posted == [(job_id, "done", None)]

@@ -24,6 +24,7 @@ from db.errors import NotFound
 from db.models import Generation, Job, JobStatus
 from runner.errors import JobCancelled
 from runner.jobs import JobOutcome, JobSpec, make_job
+from runner.jobs.backend_driver import UNREACHABLE
 
 log = logging.getLogger("bot.services.jobs")
 
@@ -124,9 +125,13 @@ class DurableJobs:
         job = db_jobs.get_job(session, job_id)
         if job.status.finished:
             return None
-        refusal = self._refusal(job, reason)
-        if refusal is not None:
-            return refusal
+        if UNREACHABLE in reason:
+            # The whole cluster went away: not this job's doing, so not one of its attempts.
+            job.attempts = max(0, job.attempts - 1)
+        else:
+            refusal = self._refusal(job, reason)
+            if refusal is not None:
+                return refusal
         db_jobs.move_job(session, job_id, JobStatus.QUEUED, error=reason)
         return None
 
