@@ -118,3 +118,18 @@ def test_the_prompt_limit_is_a_setting(monkeypatch):
     assert EngineSettings().max_prompt_chars == 8000
     monkeypatch.setenv("EASEL_MAX_PROMPT_CHARS", "300")
     assert EngineSettings().max_prompt_chars == 300
+
+
+def test_a_large_upload_is_fitted_inside_the_limit_so_it_still_loads(env):
+    # A phone photo larger than max_width x max_height, sent as an init image, is scaled
+    # down once when stored (keeping its aspect), so LoadImage's limit does not refuse it.
+    import io
+
+    from bot.services.uploads import store_input_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4032, 3024), (200, 120, 40)).save(buf, format="JPEG")
+    name = store_input_image(env.settings, buf.getvalue())
+    with Image.open(env.settings.input_dir / name) as stored:
+        assert stored.size == (2048, 1536)
+    assert validate(img2img(env, name), env.node_types, env).ok
