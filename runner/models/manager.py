@@ -143,7 +143,7 @@ class ModelManager:
         except ModelError as exc:  # UnsafeFileError (a renamed pickle) is one too
             problem = str(exc)
         if problem is not None:
-            log.warning("leaving out checkpoint %s: %s", path, problem)
+            log.warning("leaving a checkpoint out of the list: %s", problem)
         self._problems[stamp] = problem
         return problem
 
