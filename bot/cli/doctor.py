@@ -276,6 +276,7 @@ def run_checks(settings) -> list[Check]:
                 "convert them to .safetensors; easel never unpickles weights",
             )
         )
+    checks.extend(importlib.import_module("bot.cli.doctor_models").model_file_checks(manager))
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=settings.data_dir):
