@@ -42,12 +42,9 @@ def _failed_plugins(settings) -> list[tuple[str, str]]:
     if not settings.database_url and not (settings.data_dir / "easel.sqlite3").is_file():
         return []
     try:
-        from bot.services.database import open_database
-        from db import plugins as db_plugins
+        from bot.services.plugins import switched_off_plugins
 
-        with open_database(settings, upgrade=False) as db:  # doctor changes nothing
-            rows = db.read_sync(db_plugins.list_plugins, enabled=False)
-            return [(row.distribution, row.error) for row in rows if row.error]
+        return switched_off_plugins(settings)  # doctor changes nothing
     except Exception as exc:  # the database check says what is wrong with it
         log.debug("reading the plugin records failed: %s", exc)
         return []
