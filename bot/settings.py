@@ -175,6 +175,13 @@ class Settings(EngineSettings):
         description="At stop, how long a running job may take to finish before the bot exits "
         "anyway (it then runs again at the next start).",
     )
+    # jobs (issue 10) -------------------------------------------------------------------
+    max_job_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="How many times a job may start: one whose worker (or the whole bot) "
+        "dies this often while it runs fails, and its user is told, instead of running again.",
+    )
 
     @field_validator("owner_ids", "guild_ids", "admin_role_ids", "banned_user_ids", mode="before")
     @classmethod

@@ -87,6 +87,8 @@ def set_job_status(
         job.worker = worker
     if error is not None:
         job.error = error
+    elif status is JobStatus.DONE:
+        job.error = None  # a lost worker's reason from an earlier attempt is no longer true
     job.updated_at = at
     session.flush()
     return job
@@ -134,6 +136,38 @@ def mark_job_posted(session: Session, job_id: int, message_id: int) -> bool:
         return True
     get_job(session, job_id)  # NotFound for a missing job
     return False
+
+
+def mark_post_started(session: Session, job_id: int, at: datetime | None = None) -> Job:
+    """Record that posting the job's result starts now (committed before the send): a
+    restart then knows the message may exist and looks for it before sending again.
+    The first time is kept."""
+    job = get_job(session, job_id)
+    if job.post_started_at is None:
+        job.post_started_at = at or utcnow()
+        session.flush()
+    return job
+
+
+def remember_status(
+    session: Session,
+    job_id: int,
+    *,
+    token: str | None = None,
+    expires_at: datetime | None = None,
+    channel_id: int | None = None,
+    message_id: int | None = None,
+) -> Job:
+    """Where the job's private status shows: an interaction token (valid until
+    ``expires_at``) or a reply message (``channel_id``, ``message_id``), so that after a
+    restart the status can say where the job went."""
+    job = get_job(session, job_id)
+    job.status_token = token
+    job.status_expires_at = expires_at
+    job.status_channel_id = channel_id
+    job.status_message_id = message_id
+    session.flush()
+    return job
 
 
 def list_jobs(

@@ -279,6 +279,15 @@ class Job(Base):
     error: Mapped[Optional[str]] = mapped_column(Text)
     posted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     posted_message_id: Mapped[Optional[int]] = mapped_column(BigInteger)
+    #: When posting the result started: set (and committed) before the send, so a
+    #: restart knows the message may exist and looks for it before sending again.
+    post_started_at: Mapped[Optional[timestamp]]
+    #: The interaction token of the job's private status (valid 15 minutes, until
+    #: ``status_expires_at``), or the channel and id of a reply message that shows it.
+    status_token: Mapped[Optional[str]] = mapped_column(Text)
+    status_expires_at: Mapped[Optional[timestamp]]
+    status_channel_id: Mapped[Optional[int]] = mapped_column(BigInteger)
+    status_message_id: Mapped[Optional[int]] = mapped_column(BigInteger)
     created_at: Mapped[created_ts]
     queued_at: Mapped[Optional[timestamp]]
     started_at: Mapped[Optional[timestamp]]

@@ -11,7 +11,9 @@
   a file too short for a header and a header length that the file cannot hold; after
   it, a refusal from the library is turned into a sentence that says what is wrong;
 - :func:`safe_relative_path`: a name (a model name, a path the database recorded) as a
-  relative path that cannot leave the folder it is looked up in.
+  relative path that cannot leave the folder it is looked up in;
+- :func:`clean_filename`: the name a user gave an uploaded file, made safe to store and
+  show (no NUL, control or bidi-override characters, no folders). Every upload path uses it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import struct
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -120,6 +123,47 @@ def safe_relative_path(
     ):
         raise UnsafePath(str(name), what, folder)
     return rel
+
+
+MAX_FILENAME_CHARS = 120
+"""Longest cleaned upload name (the suffix is kept when a name is shortened)."""
+
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+"""Unicode categories removed from upload names: controls (NUL, newlines, escapes), format
+characters (bidi overrides and isolates, zero-width characters), surrogates, private use
+and unassigned code points."""
+
+
+def clean_filename(name: object, *, default: str = "upload") -> str:
+    """The name a user gave an uploaded file, made safe to store and to show.
+
+    Keeps the last component only (``/`` and ``\\`` are folder separators wherever the
+    file came from), drops NUL, control, bidi-override and other invisible characters,
+    turns other whitespace runs into one space, strips spaces at the ends and shortens it
+    to :data:`MAX_FILENAME_CHARS` keeping its suffix. A name left empty, ``.`` or ``..``
+    becomes ``default``. The result is a label: files are stored under names easel makes.
+    """
+    text = unicodedata.normalize("NFC", str(name))
+    text = text.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = []
+    for char in text:
+        if char.isspace():  # tabs and newlines too: a name is one line
+            kept.append(" ")
+            continue
+        category = unicodedata.category(char)
+        if category in _DROPPED_CATEGORIES:
+            continue
+        kept.append(char)
+    text = " ".join("".join(kept).split())
+    if text in ("", ".", ".."):
+        return default
+    if len(text) > MAX_FILENAME_CHARS:
+        stem, dot, suffix = text.rpartition(".")
+        if dot and stem and len(suffix) <= 16:
+            text = stem[: MAX_FILENAME_CHARS - len(suffix) - 1].rstrip() + "." + suffix
+        else:
+            text = text[:MAX_FILENAME_CHARS].rstrip()
+    return text
 
 
 # ---------------------------------------------------------------------- safetensors
@@ -296,6 +340,7 @@ __all__ = [
     "SafetensorsHeader",
     "UnsafePath",
     "check_weights_path",
+    "clean_filename",
     "is_pickle_name",
     "ordinary_mode",
     "read_safetensors_header",

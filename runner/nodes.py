@@ -5,7 +5,7 @@ from the ``easel_node_types`` hook. Names, defaults and ranges follow ComfyUI's 
 nodes so that workflows exported from ComfyUI run unchanged.
 
 A node function receives a :class:`NodeContext` first and its inputs as keyword
-arguments (already converted to the declared types, defaults filled in), and returns a
+arguments (already converted to the declared types, defaults of optional inputs filled in), and returns a
 tuple with one value per declared output. It must not mutate its inputs: outputs are
 cached and shared between jobs.
 """
@@ -32,8 +32,13 @@ class Input:
     ``choices`` (a sequence, or a function of the environment returning one) makes it a
     COMBO input: the value must be one of them, unless ``check`` is given, which then
     decides alone (choices are still listed, e.g. checkpoint names when hub ids are allowed). ``limit`` names an engine setting (``max_width``...) that tightens
-    ``max``. ``check`` is an extra test returning an error message or None; its failures
-    are reported as ``value_not_in_list``.
+    ``max``; on a STRING input ``max`` is the longest text allowed (``max_prompt_chars``).
+    ``check`` is an extra test returning an error message or None; its failures are
+    reported as ``value_not_in_list`` on a COMBO input, ``custom_validation_failed`` on others.
+
+    As in ComfyUI, a ``required`` input must be given in every workflow even when it has a
+    ``default`` (validation reports ``required_input_missing``); the default is filled in
+    only for an input with ``required=False``. ``default`` is also what front ends offer.
     """
 
     name: str

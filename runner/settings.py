@@ -112,6 +112,19 @@ class EngineSettings(BaseSettings):
         description="A plugin's hook that runs longer is abandoned and the plugin disabled; 0 = no limit.",
     )
 
+    # Input checks (issue 10, input) ---------------------------------------------------
+    max_prompt_chars: int = Field(
+        default=8000,
+        ge=1,
+        description="Longest prompt text a CLIPTextEncode node takes (checked before anything "
+        "loads, whoever sent the workflow).",
+    )
+    allow_model_symlinks_outside: bool = Field(
+        default=False,
+        description="Follow symbolic links in the models folders that point outside them "
+        "(off: such links are left out of the model lists, with a warning).",
+    )
+
     @field_validator("extra_model_dirs", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:

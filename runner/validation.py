@@ -147,10 +147,14 @@ def convert_literal(spec: Input, value: Any) -> Any:
             return value.lower() == "true"
         raise ValueError(f"expected true or false, got {_short(value)}")
     if kind in (T.STRING, T.COMBO):
+        # Text only: a number where text belongs is a mistake in the workflow (a prompt of
+        # 42 would be encoded as "42" and then break what reads the literal), so say so.
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+            raise ValueError(
+                f"expected text, got the number {_short(value)} (write it in quotes to mean the text)"
+            )
         raise ValueError(f"expected text, got {_short(value)}")
     raise ValueError(
         f"a {kind} input needs a link [node_id, output_index], got the literal {_short(value)}"
@@ -213,10 +217,17 @@ def validate(
             continue
         node_type = node_types.get(class_type)
         if node_type is None:
+            # The plugin host notes the node types of plugins switched off (a plain dict).
+            off = (getattr(env, "disabled_node_types", None) or {}).get(class_type)
+            hint = (
+                f"it comes from the plugin {off!r}, which is disabled: enable it (/plugin enable {off})"
+                if off
+                else "`easel nodes` lists the node types available"
+            )
             issues.append(
                 ValidationIssue(
                     "invalid_prompt",
-                    f"unknown node type {class_type!r}; `easel nodes` lists the node types available",
+                    f"unknown node type {class_type!r}; {hint}",
                     node_id,
                     class_type,
                     value=class_type,
@@ -320,16 +331,18 @@ def _check_node(
 
     for spec in node_type.inputs:
         if spec.name not in inputs:
-            if spec.required and spec.default is None:
+            # As in ComfyUI, a required input must be given even when it has a default
+            # (a workflow without a width must not silently run at 512); only an optional
+            # input falls back to its default.
+            if spec.required:
                 problem(
                     "required_input_missing",
                     f"required input '{spec.name}' ({spec.type}) is missing",
                     spec,
                     None,
                 )
-            elif spec.default is not None or not spec.required:
-                if spec.type in T.PRIMITIVES and spec.default is not None:
-                    resolved.literals[spec.name] = spec.default
+            elif spec.type in T.PRIMITIVES and spec.default is not None:
+                resolved.literals[spec.name] = spec.default
             continue
         value = inputs[spec.name]
         if isinstance(value, list):
@@ -378,7 +391,10 @@ def _check_node(
             )
             continue
         if message:
-            problem("value_not_in_list", message, spec, value)
+            # A COMBO's check says the value is not one it accepts; on other inputs (a
+            # filename_prefix) it is a custom check, as ComfyUI's VALIDATE_INPUTS.
+            kind = "value_not_in_list" if spec.type == T.COMBO else "custom_validation_failed"
+            problem(kind, message, spec, value)
             continue
         resolved.literals[spec.name] = converted
 
@@ -402,6 +418,8 @@ def _check_node(
 
 
 def _check_range(spec: Input, converted: Any, raw: Any, env: Environment | None, problem) -> bool:
+    if spec.type == T.STRING:
+        return _check_length(spec, converted, raw, env, problem)
     if spec.type not in (T.INT, T.FLOAT):
         return True
     if spec.min is not None and converted < spec.min:
@@ -427,6 +445,21 @@ def _check_range(spec: Input, converted: Any, raw: Any, env: Environment | None,
         )
         return False
     return True
+
+
+def _check_length(spec: Input, text: str, raw: Any, env: Environment | None, problem) -> bool:
+    """A STRING's ``max`` (or configured ``limit``, such as max_prompt_chars) is its length."""
+    maximum = spec.effective_max(env)
+    if maximum is None or len(text) <= maximum:
+        return True
+    why = f" (the configured limit {spec.limit})" if spec.limit and env is not None else ""
+    problem(
+        "value_bigger_than_max",
+        f"the text is {len(text)} characters long, more than the {_num(maximum)} allowed{why}",
+        spec,
+        text[:80] + "..." if len(text) > 80 else text,
+    )
+    return False
 
 
 def _num(value: float) -> str:

@@ -4,13 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 
 import click
 
 from bot.cli.common import close_environment, handle_errors, load_settings, make_environment
 
 log = logging.getLogger("bot.discord")
+
+STOP_DEADLINE_S = 8.0
+"""After a stop request, the longest the bot may take beyond ``shutdown_timeout_s``
+before it exits anyway (its waiting jobs are in the database either way)."""
+
+
+class DiscordUnreachable(Exception):
+    """Discord (or the configured REST base) could not be reached at login."""
+
+
+class StopRequest:
+    """SIGTERM/SIGINT: the first closes the bot (cleanly, bounded by a deadline after
+    which the process exits anyway); a second exits at once. Jobs are in the database
+    before they are acknowledged, so nothing waiting is lost either way."""
+
+    def __init__(self, bot, deadline_s: float):
+        self.bot = bot
+        self.deadline_s = deadline_s
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            self._exit_now("a second stop request")
+            return
+        log.warning("stopping (waiting jobs stay queued for the next start)")
+        timer = threading.Timer(
+            self.deadline_s, self._exit_now, args=(f"the stop took over {self.deadline_s:.0f} s",)
+        )
+        timer.daemon = True
+        timer.start()
+        asyncio.ensure_future(self.bot.close())
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    @staticmethod
+    def _exit_now(why: str) -> None:
+        log.error("%s: exiting now; waiting jobs stay queued for the next start", why)
+        logging.shutdown()
+        os._exit(0)
 
 
 def make_job_service(settings, env, database):
@@ -25,6 +69,8 @@ def make_job_service(settings, env, database):
 async def run_bot(settings, env, *, sync: bool) -> None:
     """Open the database (migrations applied, off the event loop), then run the bot until
     it is closed or the process gets SIGTERM/SIGINT."""
+    import aiohttp
+
     from bot.discord.client import EaselBot
     from bot.services.database import open_database
 
@@ -33,13 +79,19 @@ async def run_bot(settings, env, *, sync: bool) -> None:
         jobs = make_job_service(settings, env, database)
         bot = EaselBot(settings=settings, env=env, database=database, jobs=jobs, sync=sync)
         loop = asyncio.get_running_loop()
+        stop = StopRequest(bot, settings.shutdown_timeout_s + STOP_DEADLINE_S)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+                loop.add_signal_handler(sig, stop)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Windows
                 pass
         async with bot:
-            await bot.start(settings.discord_token)
+            try:
+                await bot.start(settings.discord_token)
+            except (OSError, aiohttp.ClientError) as exc:
+                if stop.requested:  # closing cut a connection attempt short
+                    return
+                raise DiscordUnreachable(str(exc) or type(exc).__name__) from exc
 
 
 @click.command("bot")
@@ -104,5 +156,10 @@ def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
         pass
     except BackendError as exc:
         raise click.ClickException(str(exc)) from None
+    except DiscordUnreachable as exc:
+        raise click.ClickException(
+            f"Discord is unreachable at {urls.api_base} ({exc}); check the network or "
+            "DISCORD_API_BASE, then start the bot again (queued jobs are kept)"
+        ) from None
     finally:
         close_environment(env)

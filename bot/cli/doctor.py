@@ -18,6 +18,7 @@ import click
 
 from bot.cli.common import load_settings, quiet_libraries
 from bot.cli.doctor_database import database_checks
+from bot.cli.doctor_plugins import plugin_checks
 from runner.settings import config_file_path
 
 MIN_VERSIONS = {
@@ -276,6 +277,7 @@ def run_checks(settings) -> list[Check]:
                 "convert them to .safetensors; easel never unpickles weights",
             )
         )
+    checks.extend(importlib.import_module("bot.cli.doctor_models").model_file_checks(manager))
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=settings.data_dir):
@@ -300,6 +302,7 @@ def run_checks(settings) -> list[Check]:
             )
         )
     checks += database_checks(settings)
+    checks += plugin_checks(settings)
     if getattr(settings, "discord_token", None):
         checks.append(Check("ok", "Discord token set"))
     else:

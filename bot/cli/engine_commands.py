@@ -395,3 +395,9 @@ def models(as_json):
         click.echo("refused (pickle-based, convert to .safetensors):")
         for name in info["refused_unsafe_files"]:
             click.echo(f"  {name}")
+    if info["skipped"]:
+        click.echo("left out (broken, or a link out of the models folders):", err=True)
+        for skipped in info["skipped"]:
+            click.echo(
+                f"  warning: {skipped['kind']} {skipped['name']}: {skipped['reason']}", err=True
+            )

@@ -87,6 +87,7 @@ def install(spec: str, yes: bool) -> None:
         plan = service.plan_install(_operator(), spec)
         click.echo(plan.describe())
         if not yes and not click.confirm("Install?", default=False):
+            service.decline_install(_operator(), spec)
             click.echo("nothing installed")
             return
         result = service.install(_operator(), spec)
@@ -115,8 +116,9 @@ def list_plugins(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @plugin_errors
 def info(name: str, as_json: bool) -> None:
-    """Everything known about plugin NAME."""
-    with plugin_service(load=False) as service:
+    """Everything known about plugin NAME: version, source, wheel hash, the node types,
+    templates and hooks it provides (its plugins are loaded here to say), last error."""
+    with plugin_service(load=True) as service:
         status = service.info(_operator(), name)
     if as_json:
         click.echo(json.dumps(status.to_dict(), indent=2))

@@ -70,28 +70,30 @@ def queue(as_json: bool, user_id: int | None) -> None:
 @click.option(
     "--detach",
     is_flag=True,
-    help="Start the workers and return; they stay in the cluster until killed.",
+    help="Start detached workers and return; they stay in the cluster until killed "
+    "(without it they end with this command).",
 )
 @handle_errors
 def worker(ray_address: str, count: int | None, num_gpus: float | None, detach: bool) -> None:
     """Serve jobs from a bot started with --backend ray: one worker actor per GPU of this
     machine, pinned to it, using this machine's configuration and models folders. Runs
-    until Ctrl-C (which stops the workers), restarting a worker that dies."""
-    from runner.jobs.ray_backend import import_ray, start_named_workers
-    from runner.jobs.ray_run import ray_init_kwargs
+    until Ctrl-C (which stops this command's workers, never another's), restarting a
+    worker that dies. A cluster with token authentication (Ray's default) needs its
+    token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."""
+    from runner.jobs.ray_backend import connect_ray, import_ray, start_named_workers
 
     quiet_libraries()
     settings = load_settings()
+    connect_ray(ray_address, settings.ray_namespace)
     ray = import_ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(**ray_init_kwargs(settings.ray_namespace, ray_address))
-        except ConnectionError as exc:
-            raise click.ClickException(f"no Ray cluster at {ray_address}: {exc}") from None
 
     def start() -> list[tuple[str, Any]]:
         actors = start_named_workers(
-            settings, count=count, num_gpus=num_gpus, namespace=settings.ray_namespace
+            settings,
+            count=count,
+            num_gpus=num_gpus,
+            namespace=settings.ray_namespace,
+            detached=detach,
         )
         for name, actor in actors:
             info = ray.get(actor.ready.remote())

@@ -32,6 +32,10 @@ from bot.services.preferences import Preferences
 
 log = logging.getLogger(__name__)
 
+POST_GRACE_S = 3.0
+"""At stop, how long posting may take beyond the running job's grace before the bot
+disconnects anyway (Discord unreachable: the result is posted at the next start)."""
+
 DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.imagine",
     "bot.discord.cogs.remix",
@@ -89,6 +93,8 @@ class EaselBot(commands.Bot):
             jobs = JobService.create(database, settings, env)
         if jobs.poster is None:
             jobs.poster = self.reporter.post_result
+        if getattr(jobs, "status_notifier", False) is None:
+            jobs.status_notifier = self.reporter.resumed
         self.jobs = jobs
         self.generations = GenerationService(env, database, settings, jobs)
         self.loras = LoraLibrary(database, settings)
@@ -98,6 +104,7 @@ class EaselBot(commands.Bot):
         self._background: set[asyncio.Task] = set()
         self._jobs_started = False
         self._jobs_stopped = False
+        self._cluster_was_down = False
 
     async def setup_hook(self) -> None:
         """Start the job service (recovering what a previous run left: jobs queued or
@@ -105,6 +112,9 @@ class EaselBot(commands.Bot):
         buttons, load the cogs, and sync commands only when asked."""
         if self.jobs.loop is None:  # async posters are run on this loop
             self.jobs.loop = asyncio.get_running_loop()
+        backend = getattr(self.jobs, "backend", None)
+        if backend is not None and hasattr(backend, "on_status"):
+            backend.on_status = self._cluster_status
         report = await asyncio.to_thread(self.jobs.start)
         self._jobs_started = True
         if report.requeued or report.resumed or report.reposted:
@@ -132,6 +142,31 @@ class EaselBot(commands.Bot):
                 log.warning("synced %d application command(s): %s", len(synced), ", ".join(synced))
         if self.settings.preload_model and self.settings.backend == "local":
             self.spawn(self._preload())
+
+    def _cluster_status(self, up: bool, message: str) -> None:
+        """From the Ray backend's thread: the GPU cluster went away or came back. The
+        owners are told once per change; jobs wait meanwhile and run when it is back."""
+        if up and not self._cluster_was_down:
+            return  # connected at start: nothing to tell
+        self._cluster_was_down = not up
+        text = (
+            f"⚠️ The GPU cluster is unreachable ({message}). Jobs are kept and wait; "
+            "they run when it is back (the bot reconnects by itself)."
+            if not up
+            else "✅ The GPU cluster is back; waiting jobs run now."
+        )
+        loop = self.loop if hasattr(self, "loop") else None
+        if loop is None or loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._tell_owners(text), loop)
+
+    async def _tell_owners(self, text: str) -> None:
+        for owner_id in self.settings.owner_ids:
+            try:
+                user = self.get_user(owner_id) or await self.fetch_user(owner_id)
+                await user.send(text)
+            except Exception:  # a closed DM must not hide the log line
+                log.warning("could not tell owner %s: %s", owner_id, text)
 
     def spawn(self, coro) -> asyncio.Task:
         """Run ``coro`` in the background, keeping a reference and logging failures."""
@@ -183,12 +218,25 @@ class EaselBot(commands.Bot):
         log.error("command %s failed", ctx.command, exc_info=error)
 
     async def close(self) -> None:
-        """Stop the job service (a running job gets a few seconds to finish and be
-        posted; waiting jobs stay queued in the database for the next start), then
-        disconnect."""
+        """Stop the job service (a running job gets ``shutdown_timeout_s`` to finish and
+        be posted; waiting jobs stay queued in the database for the next start), then
+        disconnect. Never waits on Discord: when posting does not finish in a few more
+        seconds (Discord unreachable), the bot disconnects anyway, the posts in flight
+        are abandoned, and those results are posted at the next start."""
+        stopping: asyncio.Future | None = None
         try:
             if self._jobs_started and not self._jobs_stopped:
                 self._jobs_stopped = True
-                await asyncio.to_thread(self.jobs.stop, timeout=self.settings.shutdown_timeout_s)
+                grace = self.settings.shutdown_timeout_s
+                stopping = asyncio.ensure_future(asyncio.to_thread(self.jobs.stop, timeout=grace))
+                done, _ = await asyncio.wait({stopping}, timeout=grace + POST_GRACE_S)
+                if not done:
+                    log.warning(
+                        "Discord did not answer within %.0f s: stopping without waiting; "
+                        "results not posted yet are posted at the next start",
+                        grace + POST_GRACE_S,
+                    )
         finally:
+            # Posts still waiting on Discord are cancelled when the loop ends (asyncio.run
+            # cancels what is left), which lets the posting thread, and the stop, end.
             await super().close()

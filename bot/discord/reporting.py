@@ -13,8 +13,15 @@ Two paths meet here:
   job, in this run or after a restart (a job that was queued or running when the process
   died), it posts the result as a channel message that mentions the user, with Discord's
   ``enforce_nonce`` set to the job's nonce, and returns the message id; the job service
-  then marks the job posted. A crash between posting and marking posts again at the next
-  start, and the nonce makes Discord hand back the first message instead of a second.
+  then marks the job posted. After a crash between posting and marking, the job service
+  says the result may have been posted (``maybe_posted``): the channel's messages since
+  then are read and the bot's message of that job (its buttons carry the generation id;
+  a notice names the job) is adopted instead of sending a second, however long the bot
+  was down (Discord remembers a nonce only minutes).
+- Where a job's private status shows (an interaction token, valid 15 minutes, or a
+  reply message) is stored with the job; after a restart that status says the job is
+  queued again (:meth:`Reporter.resumed`, the job service's status notifier) and, once
+  the result is posted, links it or says how it failed.
 
 Results are channel messages, so jobs longer than an interaction token's 15 minutes
 still land.
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import io
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,6 +50,7 @@ from bot.services.generation import Destination, Submission, Ticket, result_para
 from bot.services.jobs import JobResult
 from runner import events as ev
 from runner.jobs import Subscription, throttled
+from runner.jobs.backend_driver import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,11 @@ class Status:
         """Post a result here when the channel refuses it (None when impossible)."""
         return None
 
+    def where(self) -> dict[str, Any] | None:
+        """How to find this status again after a restart (for
+        :meth:`bot.services.jobs.JobService.remember_status`), or None."""
+        return None
+
 
 class InteractionStatus(Status):
     """The deferred response of an interaction (ephemeral when deferred so)."""
@@ -110,6 +125,13 @@ class InteractionStatus(Status):
         kwargs.pop("allowed_mentions", None)
         return await self.interaction.followup.send(wait=True, **kwargs)
 
+    def where(self) -> dict[str, Any] | None:
+        token = getattr(self.interaction, "token", None)
+        created = getattr(self.interaction, "created_at", None)
+        if not token or created is None:
+            return None
+        return {"token": token, "expires_at": created + TOKEN_LIFETIME}
+
 
 class MessageStatus(Status):
     """A bot message replying to the user's message (reply-to-image)."""
@@ -120,6 +142,49 @@ class MessageStatus(Status):
 
     async def _edit(self, text: str, file: discord.File | None = None) -> None:
         await self.message.edit(content=text, attachments=[file] if file is not None else [])
+
+    def where(self) -> dict[str, Any] | None:
+        channel = getattr(self.message, "channel", None)
+        if channel is None or getattr(self.message, "id", None) is None:
+            return None
+        return {"channel_id": channel.id, "message_id": self.message.id}
+
+
+TOKEN_LIFETIME = datetime.timedelta(minutes=14)
+"""How long a stored interaction token is used: Discord's 15 minutes, less a margin."""
+
+LOOK_BACK = datetime.timedelta(minutes=2)
+"""How far before "posting started" a restart looks for a result it may have posted
+(clocks of the bot and Discord differ a little)."""
+
+LOOK_LIMIT = 500
+"""At most this many channel messages are read looking for one result."""
+
+
+def is_post_of(message: Any, result: JobResult, bot_id: int | None) -> bool:
+    """Whether ``message`` is the bot's post of ``result``: its nonce as Discord hands
+    it back (only shortly after the send), the result buttons' custom ids (which carry
+    the generation id), or a notice naming the user and the job."""
+    if bot_id is not None and getattr(getattr(message, "author", None), "id", None) != bot_id:
+        return False
+    nonce = getattr(message, "nonce", None)
+    if nonce is not None and str(nonce) == result.nonce:
+        return True
+    if result.generation_id is not None:
+        pattern = re.compile(rf"easel:[a-z]+:{result.generation_id}(:\d+)?")
+        for row in getattr(message, "components", None) or []:
+            for item in getattr(row, "children", None) or [row]:
+                if pattern.fullmatch(getattr(item, "custom_id", None) or ""):
+                    return True
+    content = getattr(message, "content", "") or ""
+    if result.status != "done" and content.startswith(f"<@{result.user_id}>"):
+        return f"({notice_name(result)}):" in content
+    return False
+
+
+def notice_name(result: JobResult) -> str:
+    """How a notice names its job: ``#generation`` or ``job N``."""
+    return f"#{result.generation_id}" if result.generation_id else f"job {result.job_id}"
 
 
 def _preview_file(event: ev.Progress) -> discord.File | None:
@@ -255,6 +320,8 @@ class Reporter:
             finally:
                 self._submitting -= 1
             self._live[ticket.job_id] = live
+            # Stored before the status says "Queued": whoever sees it can be told later.
+            await self._remember(ticket.job_id, status)
             await status.update(self._queued_text(ticket.job_id, ticket.position, ticket))
             follower = asyncio.create_task(self._follow(subscription, ticket, status))
             try:
@@ -280,6 +347,17 @@ class Reporter:
             for job_id, item in list(self._live.items()):
                 if item is live:
                     del self._live[job_id]
+
+    async def _remember(self, job_id: int, status: Status) -> None:
+        """Store where the status shows, so a restart can say where the job went."""
+        where = status.where()
+        remember = getattr(self.bot.jobs, "remember_status", None)
+        if where is None or remember is None:
+            return
+        try:
+            await asyncio.to_thread(remember, job_id, **where)
+        except Exception:
+            log.exception("could not store where the status of job %s shows", job_id)
 
     @staticmethod
     async def _settle(subscription: Subscription, follower: asyncio.Task) -> None:
@@ -311,6 +389,8 @@ class Reporter:
             async for event in events:
                 if isinstance(event, ev.Queued):
                     await status.update(self._queued_text(ticket.job_id, event.position))
+                elif event.type == "job_requeued" and UNREACHABLE in event.reason:
+                    await status.update(f"⏳ {UNREACHABLE[0].upper()}{UNREACHABLE[1:]}.")
                 elif event.type == "job_requeued":
                     await status.update(
                         "⏳ Back in the queue (its worker stopped); it starts again soon."
@@ -336,7 +416,19 @@ class Reporter:
         refuses, so the job service posts it again at the next start."""
         live = await self._live_for(result.job_id)
         try:
-            message = await self._deliver(result, live)
+            message = None
+            if result.maybe_posted:
+                # An earlier try may have sent it (the bot died before recording that):
+                # adopt that message rather than send a second one.
+                message = await self._find_posted(result)
+                if message is not None:
+                    log.warning(
+                        "job %s was posted before the restart (message %s); not posted again",
+                        result.job_id,
+                        message.id,
+                    )
+            if message is None:
+                message = await self._deliver(result, live)
             if message is not None and result.status == "done" and result.generation_id:
                 # Linked before the job is marked posted, so a reply or a button on the
                 # message finds its generation as soon as the job reads as posted.
@@ -347,7 +439,54 @@ class Reporter:
             raise
         if live is not None and not live.posted.done():
             live.posted.set_result((result, message))
+        elif live is None:
+            await self._tell_old_status(result, ended_text(result, message))
         return message.id if message is not None else None
+
+    async def resumed(self, result: JobResult) -> None:
+        """The job service's status notifier: a job of the last run is queued again
+        after a restart; its old status (which still says "Queued" or shows progress)
+        says so."""
+        await self._tell_old_status(
+            result,
+            f"🔄 The bot restarted; job #{result.job_id} is queued again and runs from the "
+            "start. Its result is posted in this channel.",
+        )
+
+    async def _tell_old_status(self, result: JobResult, text: str) -> None:
+        """Edit a status left from an earlier run (stored interaction token while valid,
+        or the reply message); nothing when none is known."""
+        try:
+            if result.status_token and self.bot.application_id:
+                webhook = discord.Webhook.partial(
+                    self.bot.application_id, result.status_token, client=self.bot
+                )
+                await webhook.edit_message("@original", content=text, attachments=[])
+            elif result.status_message_id and result.status_channel_id:
+                await (
+                    self.bot.get_partial_messageable(result.status_channel_id)
+                    .get_partial_message(result.status_message_id)
+                    .edit(content=text, attachments=[])
+                )
+        except discord.HTTPException as exc:
+            log.info("could not update the old status of job %s: %s", result.job_id, exc)
+
+    async def _find_posted(self, result: JobResult) -> discord.Message | None:
+        """The bot's message of ``result`` in its channel, if an earlier try sent it:
+        the channel's messages since shortly before that try are read, oldest first."""
+        if result.channel_id is None or result.post_started_at is None:
+            return None
+        channel = self.bot.get_channel(result.channel_id) or self.bot.get_partial_messageable(
+            result.channel_id, guild_id=result.guild_id
+        )
+        bot_id = self.bot.user.id if self.bot.user is not None else None
+        after = result.post_started_at - LOOK_BACK
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=datetime.UTC)
+        async for message in channel.history(limit=LOOK_LIMIT, after=after, oldest_first=True):
+            if is_post_of(message, result, bot_id):
+                return message
+        return None
 
     async def _link(self, result: JobResult, message: discord.Message) -> None:
         channel_id = getattr(getattr(message, "channel", None), "id", None) or result.channel_id
@@ -402,7 +541,7 @@ class Reporter:
             text = f"🛑 Cancelled: {result.error}."
         else:
             return None
-        name = f"#{result.generation_id}" if result.generation_id else f"job {result.job_id}"
+        name = notice_name(result)
         content = f"<@{result.user_id}> {render.escape(result.prompt[:100])} ({name}): {text}"
         return await self._send(result, live, {"content": content[: render.MAX_CONTENT]})
 

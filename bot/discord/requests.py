@@ -12,8 +12,10 @@ import discord
 from bot.discord import context
 from bot.services.generation import Destination, Submission, base_size, request_from_generation
 from bot.services.moderation import Refused
-from bot.services.parsing import Limits, build_request, size_for_aspect
+from bot.services.parsing import Limits, size_for_aspect
+from bot.services.request_builder import build_request
 from bot.services.uploads import store_input_image
+from runner.files import clean_filename
 from runner.images import sha256_bytes
 from runner.templates import GenerationRequest
 
@@ -211,7 +213,7 @@ class RequestBuilder:
         limit = int(self.settings.max_upload_mb * 1024 * 1024)
         if attachment.size > limit:
             raise Refused(
-                f"{attachment.filename} is {attachment.size / 1e6:.1f} MB, more than the "
+                f"{clean_filename(attachment.filename)} is {attachment.size / 1e6:.1f} MB, more than the "
                 f"{limit / 1e6:.1f} MB allowed."
             )
         return await attachment.read()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,6 +25,12 @@ from db import jobs as db_jobs
 from runner.templates import DEFAULTS, GenerationRequest, LoraRef
 
 log = logging.getLogger(__name__)
+
+
+CHECK_FAILED = (
+    "The prompt check is not working right now, so the request was not queued; try again later"
+)
+"""What a user reads when a prompt checker raised or hung (owners get the details)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,36 @@ class _Prompted(NamedTuple):
     request: _Prompt
 
 
+async def off_loop(fn, *args: Any) -> Any:
+    """``fn(*args)`` on a daemon thread of its own, awaited: for calls into plugins' hooks. A
+    hook that hangs (up to the hook time limit, or for ever with none) holds that thread
+    only: not the event loop, not the shared worker threads (the database, the queue), and
+    not the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed while the hook ran
+            pass
+
+    threading.Thread(target=target, name="easel-hook-call", daemon=True).start()
+    return await future
+
+
 def base_size(env, model: str) -> tuple[int, int]:
     """A model's native size, as the runner knows it (``env.models.native_size``: from the
     checkpoint's family, without loading it). A name the runner cannot resolve gets SD1's
@@ -114,11 +151,27 @@ class GenerationService:
         self.jobs = jobs
         self.history = History.for_environment(database, env)
 
+    async def run_hook(self, fn, *args: Any) -> Any:
+        """``fn(*args)`` (a call into plugins' hooks) off the event loop; see :func:`off_loop`."""
+        return await off_loop(fn, *args)
+
     def check_prompt(self, prompt: str, negative: str, dest: Destination) -> None:
-        """Plugins' prompt moderation (``easel_check_prompt``); raises :class:`Refused`."""
-        reason = self.env.pm.hook.easel_check_prompt(
-            prompt=prompt, negative=negative, user_id=dest.user_id, nsfw_allowed=dest.nsfw_allowed
-        )
+        """Plugins' prompt moderation (``easel_check_prompt``; blocking, up to the hook time
+        limit: :meth:`submit` calls it off the event loop); raises :class:`Refused`. A checker
+        that raises or hangs refuses the request (moderation fails closed) with one neutral
+        sentence: its details go to the log and, from the plugin host, to the owners."""
+        from runner.plugin_host import PluginHookError
+
+        try:
+            reason = self.env.pm.hook.easel_check_prompt(
+                prompt=prompt,
+                negative=negative,
+                user_id=dest.user_id,
+                nsfw_allowed=dest.nsfw_allowed,
+            )
+        except PluginHookError as exc:
+            log.warning("prompt check of user %s failed: %s", dest.user_id, exc)
+            raise Refused(CHECK_FAILED) from exc
         if reason:
             raise Refused(str(reason))
 
@@ -127,7 +180,9 @@ class GenerationService:
         Raises :class:`Refused` (moderation), the job service's
         :class:`~bot.services.jobs.QueueFull`, or the data layer's errors (an unknown
         LoRA, a LoRA of another family...): nothing is stored then."""
-        self.check_prompt(submission.request.prompt, submission.request.negative, dest)
+        await self.run_hook(
+            self.check_prompt, submission.request.prompt, submission.request.negative, dest
+        )
         stored = await asyncio.to_thread(
             self.jobs.submit,
             dest.user_id,

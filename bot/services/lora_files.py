@@ -58,7 +58,7 @@ from bot.services.storage import (
 )
 from runner.errors import ModelError, UnsafeFileError
 from runner.files import HeaderTooLarge as _HeaderTooLarge
-from runner.files import read_safetensors_header, refuse_pickle
+from runner.files import clean_filename, read_safetensors_header, refuse_pickle
 from runner.models.families import LORA_FAMILIES, LoraFamilyConflict, family_of_lora, lora_family
 from runner.models.layout import LORA_DIFFUSERS_KEY as _DIFFUSERS_KEY
 from runner.models.layout import LORA_KOHYA_COMPONENTS as _KOHYA_COMPONENTS
@@ -149,7 +149,7 @@ class StagedLora:
 def check_lora_filename(filename: str) -> str:
     """The file's base name, if its suffix says safetensors. Raises :class:`PickleFile`
     for pickle suffixes and :class:`NotSafetensors` for anything else."""
-    base = re.split(r"[\\/]", str(filename))[-1].strip() or "upload"
+    base = clean_filename(filename)  # no NUL, control or bidi characters, no folders
     suffix = Path(base).suffix.lower()
     try:
         refuse_pickle(base, hint="Upload the .safetensors version of this LoRA instead.")

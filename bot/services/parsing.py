@@ -2,10 +2,9 @@
 
 People type everything into the prompt (``a fox <lora:ink:0.8> --ar 16:9 --no text``) or use
 the slash command's own options; both end up here. :func:`parse_prompt` splits a prompt
-into text, LoRA tags and inline options; :func:`build_request` merges those with the slash
-command's options, the user's defaults and the bot's limits into the runner's
-:class:`~runner.templates.GenerationRequest` (LoRAs still by the user's names; a LoRA
-whose weight was not given has ``strength_model`` unset, see ``LoraRef.weight``).
+into text, LoRA tags and inline options, each checked and converted;
+:func:`bot.services.request_builder.build_request` merges those with the slash command's
+options, the user's defaults and the bot's limits.
 
 Precedence, as a user expects it: a slash-command option beats the same option typed
 inline, which beats the user's saved default, which beats the bot's default. LoRAs and
@@ -20,11 +19,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.templates import DEFAULTS, MAX_SEED, GenerationRequest, LoraRef
+from runner.templates import DEFAULTS, MAX_SEED, LoraRef
 
 MAX_PROMPT_CHARS = 4000
 MAX_LORAS = 8
@@ -105,7 +103,7 @@ class ParsedPrompt:
 # -- values ------------------------------------------------------------------------------
 
 
-def _int(name: str, value: Any, low: int, high: int) -> int:
+def parse_int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool):
         raise ParseError(f"{name} must be a whole number, not {value!r}.")
     if isinstance(value, int):
@@ -113,27 +111,27 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
     else:
         text = str(value).strip()
         if not re.fullmatch(r"[+]?\d{1,25}", text):
-            raise ParseError(f"{name} must be a whole number, not {_show(text)}.")
+            raise ParseError(f"{name} must be a whole number, not {shorten(text)}.")
         number = int(text)
     if not low <= number <= high:
         raise ParseError(f"{name} must be between {low} and {high}, not {number}.")
     return number
 
 
-def _float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+def parse_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
     if isinstance(value, bool):
         raise ParseError(f"{name} must be a number, not {value!r}.")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ParseError(f"{name} must be a number, not {_show(str(value))}.") from None
+        raise ParseError(f"{name} must be a number, not {shorten(str(value))}.") from None
     if not math.isfinite(number) or number > high or number < low or (low_open and number <= low):
         above = "above" if low_open else "from"
-        raise ParseError(f"{name} must be {above} {low:g} to {high:g}, not {_show(str(value))}.")
+        raise ParseError(f"{name} must be {above} {low:g} to {high:g}, not {shorten(str(value))}.")
     return number
 
 
-def _show(text: str, limit: int = 40) -> str:
+def shorten(text: str, limit: int = 40) -> str:
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return repr(text)
 
@@ -142,7 +140,7 @@ def parse_size(value: str) -> tuple[int, int]:
     """``"768x512"`` -> (768, 512); both sides multiples of 8 and at least 64."""
     match = _SIZE.match(str(value))
     if not match:
-        raise ParseError(f"size must look like 768x512, not {_show(str(value))}.")
+        raise ParseError(f"size must look like 768x512, not {shorten(str(value))}.")
     width, height = int(match.group(1)), int(match.group(2))
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ParseError(
@@ -168,7 +166,7 @@ def parse_aspect(value: str) -> float:
     except (ValueError, OverflowError):
         ratio = math.nan
     if not math.isfinite(ratio) or ratio <= 0:
-        raise ParseError(f"aspect ratio must look like 16:9, not {_show(text)}.")
+        raise ParseError(f"aspect ratio must look like 16:9, not {shorten(text)}.")
     if not 1 / MAX_ASPECT <= ratio <= MAX_ASPECT:
         raise ParseError(f"aspect ratio {text} is too extreme; use something between 1:4 and 4:1.")
     return ratio
@@ -192,12 +190,14 @@ def parse_lora_tag(text: str) -> LoraRef:
     name = parts[0]
     if not name or not _LORA_NAME.match(name):
         raise ParseError(
-            f"LoRA name {_show(name)} is not valid; use letters, digits, '_', '-' or '.'."
+            f"LoRA name {shorten(name)} is not valid; use letters, digits, '_', '-' or '.'."
         )
     if len(parts) > 3:
-        raise ParseError(f"LoRA {_show(str(text))} has too many ':' parts; write <lora:name:0.8>.")
+        raise ParseError(
+            f"LoRA {shorten(str(text))} has too many ':' parts; write <lora:name:0.8>."
+        )
     weights = [
-        _float(f"the weight of LoRA {name}", w, -10.0, 10.0) if w else None for w in parts[1:]
+        parse_float(f"the weight of LoRA {name}", w, -10.0, 10.0) if w else None for w in parts[1:]
     ]
     weight = weights[0] if weights else None
     clip = weights[1] if len(weights) > 1 else None
@@ -216,18 +216,18 @@ def parse_loras(text: str) -> list[LoraRef]:
 # -- prompt ------------------------------------------------------------------------------
 
 
-def _convert(key: str, raw: str) -> Any:
+def convert_option(key: str, raw: str) -> Any:
     """An inline option's text -> its typed value (limits are checked later)."""
     if key == "seed":
-        return _int("seed", raw, 0, MAX_SEED)
+        return parse_int("seed", raw, 0, MAX_SEED)
     if key == "steps":
-        return _int("steps", raw, 1, 10_000)
+        return parse_int("steps", raw, 1, 10_000)
     if key == "count":
-        return _int("count", raw, 1, 100)
+        return parse_int("count", raw, 1, 100)
     if key == "cfg":
-        return _float("cfg", raw, 0.0, MAX_CFG)
+        return parse_float("cfg", raw, 0.0, MAX_CFG)
     if key == "strength":
-        return _float("strength", raw, 0.0, 1.0, low_open=True)
+        return parse_float("strength", raw, 0.0, 1.0, low_open=True)
     if key == "size":
         return parse_size(raw)
     if key == "aspect":
@@ -297,7 +297,7 @@ def parse_prompt(text: str) -> ParsedPrompt:
             i += 1
         if not inline:
             raise ParseError(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
-        options[key] = _convert(key, inline)
+        options[key] = convert_option(key, inline)
     if negatives:
         options["negative"] = ", ".join(negatives)
     return ParsedPrompt(" ".join(words), loras, options)
@@ -316,151 +316,3 @@ _EXAMPLES = {
     "size": "--size 768x512",
     "model": "--model tiny-random",
 }
-
-
-# -- merging -----------------------------------------------------------------------------
-
-
-def _normalise_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Slash-command options: None means "not given"; strings are converted like inline ones."""
-    out: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if value is None or value == "":
-            continue
-        if key == "lora":
-            out["lora"] = value if isinstance(value, list) else parse_loras(str(value))
-        elif key in ("size", "aspect"):
-            out[key] = _convert(key, str(value))
-        elif key in ("seed", "steps", "count", "cfg", "strength") and isinstance(value, str):
-            out[key] = _convert(key, value)
-        else:
-            out[key] = value
-    return out
-
-
-def build_request(
-    prompt: str,
-    *,
-    options: Mapping[str, Any] | None = None,
-    defaults: Defaults | None = None,
-    limits: Limits | None = None,
-    base_size: Callable[[str], tuple[int, int]] | None = None,
-    samplers: Collection[str] | None = None,
-    schedulers: Collection[str] | None = None,
-    models: Collection[str] | None = None,
-    allow_empty_prompt: bool = False,
-) -> GenerationRequest:
-    """Parse ``prompt`` and merge it with the slash command's ``options`` (None or missing
-    = not given; keys: negative, seed, steps, cfg, sampler, scheduler, size, aspect, count,
-    model, lora, strength), the user's ``defaults`` and the bot's ``limits``.
-
-    ``base_size(model)`` gives a model's default size (the pixel budget for ``--ar``);
-    ``samplers``/``schedulers``/``models``, when given, are the names accepted.
-    Raises :class:`ParseError` with one sentence for the user.
-    """
-    defaults = defaults or Defaults()
-    limits = limits or Limits()
-    parsed = parse_prompt(prompt)
-    slash = _normalise_options(options)
-    inline = parsed.options
-
-    def pick(key: str, fallback: Any) -> Any:
-        if key in slash:
-            return slash[key]
-        if key in inline:
-            return inline[key]
-        return fallback
-
-    text = parsed.text.strip()
-    if not text and not allow_empty_prompt:
-        raise ParseError("the prompt is empty; describe the image you want.")
-
-    model = str(pick("model", defaults.model)).strip()
-    if not model:
-        raise ParseError("the model name is empty.")
-    if models is not None and model not in models:
-        raise ParseError(
-            f"there is no model named {_show(model)}; see the model option's suggestions."
-        )
-
-    seed = pick("seed", None)
-    seed = None if seed is None else _int("seed", seed, 0, MAX_SEED)
-    steps = _int("steps", pick("steps", defaults.steps), 1, 10_000)
-    if steps > limits.max_steps:
-        raise ParseError(f"steps {steps} is more than your limit of {limits.max_steps}.")
-    cfg = _float("cfg", pick("cfg", defaults.cfg), 0.0, MAX_CFG)
-    strength = _float("strength", pick("strength", defaults.strength), 0.0, 1.0, low_open=True)
-    count = _int("count", pick("count", defaults.count), 1, 100)
-    if count > limits.max_count:
-        raise ParseError(f"count {count} is more than your limit of {limits.max_count} images.")
-
-    sampler = str(pick("sampler", defaults.sampler)).strip()
-    if samplers is not None and sampler not in samplers:
-        raise ParseError(
-            f"there is no sampler named {_show(sampler)}; try {', '.join(sorted(samplers)[:6])}."
-        )
-    scheduler = str(pick("scheduler", defaults.scheduler)).strip()
-    if schedulers is not None and scheduler not in schedulers:
-        raise ParseError(
-            f"there is no scheduler named {_show(scheduler)}; try {', '.join(sorted(schedulers)[:6])}."
-        )
-
-    width, height = _geometry(slash, inline, defaults, model, base_size)
-    if width > limits.max_width or height > limits.max_height:
-        raise ParseError(
-            f"size {width}x{height} is larger than your limit of {limits.max_width}x{limits.max_height}."
-        )
-
-    negatives = [n for n in (inline.get("negative"), slash.get("negative")) if n]
-    negative = ", ".join(str(n).strip() for n in negatives) if negatives else defaults.negative
-    if len(negative) > MAX_PROMPT_CHARS:
-        raise ParseError(
-            f"the negative prompt is {len(negative)} characters long; the limit is {MAX_PROMPT_CHARS}."
-        )
-
-    loras = _merge_loras(parsed.loras, slash.get("lora") or [])
-    return GenerationRequest(
-        prompt=text,
-        negative=negative,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        sampler=sampler,
-        scheduler=scheduler,
-        width=width,
-        height=height,
-        batch_size=count,
-        model=model,
-        strength=strength,
-        loras=loras,
-    )
-
-
-def _geometry(
-    slash: dict[str, Any],
-    inline: dict[str, Any],
-    defaults: Defaults,
-    model: str,
-    base_size: Callable[[str], tuple[int, int]] | None,
-) -> tuple[int, int]:
-    base = base_size(model) if base_size else (DEFAULTS.width, DEFAULTS.height)
-    default_w = defaults.width or base[0]
-    default_h = defaults.height or base[1]
-    for level in (slash, inline):
-        size, aspect = level.get("size"), level.get("aspect")
-        if size is not None and aspect is not None:
-            raise ParseError("give either a size or an aspect ratio, not both.")
-        if size is not None:
-            return size
-        if aspect is not None:
-            return size_for_aspect(aspect, default_w * default_h)
-    return default_w, default_h
-
-
-def _merge_loras(inline: list[LoraRef], slash: list[LoraRef]) -> list[LoraRef]:
-    merged: dict[str, LoraRef] = {}
-    for spec in [*inline, *slash]:
-        merged[spec.name.casefold()] = spec  # a name given twice: the later (slash) one wins
-    if len(merged) > MAX_LORAS:
-        raise ParseError(f"{len(merged)} LoRAs is too many; use at most {MAX_LORAS}.")
-    return list(merged.values())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from PIL import Image
+
 from runner.files import write_atomic
 from runner.images import BadImage, open_image, sha256_bytes
 
@@ -14,6 +16,10 @@ def store_input_image(settings, data: bytes, *, label: str = "image") -> str:
     """Check an uploaded image (type, size, pixels, content) and save it as PNG in the
     input folder under its hash; returns the name LoadImage takes. Raises BadImage."""
     image = open_image(data, max_bytes=int(settings.max_upload_mb * 1024 * 1024), name=label)
+    if image.width > settings.max_width or image.height > settings.max_height:
+        # LoadImage refuses images over the limit; an init image is scaled to the requested
+        # size anyway, so a large photo is fitted inside the limit once, here.
+        image.thumbnail((settings.max_width, settings.max_height), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     png = buf.getvalue()

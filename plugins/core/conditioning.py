@@ -37,13 +37,22 @@ def clip_set_last_layer(ctx: NodeContext, clip: ClipHandle, stop_at_clip_layer: 
 
 @node(
     "CLIPTextEncode",
-    inputs=[Input("text", T.STRING, multiline=True), Input("clip", T.CLIP)],
+    inputs=[
+        Input("text", T.STRING, multiline=True, limit="max_prompt_chars"),
+        Input("clip", T.CLIP),
+    ],
     outputs=(T.CONDITIONING,),
     category="conditioning",
 )
 def clip_text_encode(ctx: NodeContext, text: str, clip: ClipHandle):
     """Encodes a prompt with the checkpoint's text encoder(s); (word:1.2) emphasis and prompts over
     75 tokens work as in ComfyUI, plain prompts give exactly what diffusers' pipelines give."""
+    limit = ctx.env.settings.max_prompt_chars
+    if len(text) > limit:  # a linked text skips validation's check of literals
+        raise ValueError(
+            f"the prompt is {len(text)} characters long, more than the {limit} allowed "
+            "(the configured limit max_prompt_chars)"
+        )
     ckpt = clip.checkpoint
     clip_skip = None if clip.stop_at_layer == -1 else -clip.stop_at_layer - 1
     with ckpt.lock, torch.inference_mode():

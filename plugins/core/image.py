@@ -18,6 +18,8 @@ from runner import types as T
 from runner.diffusion.common import MAX_RESOLUTION, center_crop_nchw, resize_nchw, target_size
 from runner.files import write_atomic
 from runner.images import (
+    ACCEPTED_FORMATS,
+    BadImage,
     a1111_parameters,
     open_image,
     pil_to_tensor,
@@ -51,14 +53,40 @@ def input_image_path(env, name: str) -> Path:
     return path
 
 
+def image_too_big(path: Path, name: str, settings) -> str | None:
+    """Why the image file at ``path`` is too big to load, or None; reads only its header.
+
+    PIL's ``Image.open`` is lazy: it parses the header (size, format) and decodes nothing,
+    so an 8000x8000 PNG is refused in microseconds instead of decoded into gigabytes."""
+    max_bytes = int(settings.max_upload_mb * 1024 * 1024)
+    size = path.stat().st_size
+    if size > max_bytes:
+        return f"image {name!r} is {size / 1e6:.1f} MB, more than the {max_bytes / 1e6:.1f} MB allowed (max_upload_mb)"
+    try:
+        with Image.open(path) as header:
+            width, height, kind = header.width, header.height, header.format
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image {name!r} claims an enormous size (a decompression bomb?)"
+    except Exception as exc:
+        return f"{name!r} is not a readable image ({type(exc).__name__})"
+    if kind not in ACCEPTED_FORMATS:
+        return f"{name!r} is a {kind} file; LoadImage takes PNG, JPEG, WebP, GIF or BMP"
+    if width > settings.max_width or height > settings.max_height:
+        return (
+            f"image {name!r} is {width}x{height} px, larger than the configured limit "
+            f"{settings.max_width}x{settings.max_height} (max_width x max_height)"
+        )
+    return None
+
+
 def _check_input_image(name: str, env) -> str | None:
     try:
-        input_image_path(env, name)
+        path = input_image_path(env, name)
+        return image_too_big(path, name, env.settings)
     except (ValueError, FileNotFoundError) as exc:
         return str(exc)
     except OSError as exc:  # a name the file system cannot look up (too long...)
         return f"no image named {name!r}: {exc.strerror or exc}"
-    return None
 
 
 def _image_changed(ctx: NodeContext, image: str, **_) -> str:
@@ -76,6 +104,9 @@ def _image_changed(ctx: NodeContext, image: str, **_) -> str:
 def load_image(ctx: NodeContext, image: str):
     """Loads an image from the input folder (checked for type, size and content)."""
     path = input_image_path(ctx.env, image)
+    too_big = image_too_big(path, image, ctx.env.settings)  # the file may have changed since
+    if too_big:
+        raise BadImage(too_big)
     pil = open_image(path, max_bytes=int(ctx.env.settings.max_upload_mb * 1024 * 1024))
     return pil_to_tensor(pil)
 
@@ -105,7 +136,8 @@ def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
             return None
         for nid in upstream(str(link[0])):
             if workflow[nid].get("class_type") == "CLIPTextEncode":
-                return literal(nid, "text")
+                text = literal(nid, "text")
+                return None if text is None else str(text)
         return None
 
     params: dict[str, Any] = {}
@@ -154,21 +186,37 @@ def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
 _PREFIX_OK = re.compile(r"^[\w\-. /]{1,120}$")
 
 
+def prefix_problem(filename_prefix: str, folder: Path) -> str | None:
+    """Why ``filename_prefix`` cannot name files inside ``folder``, or None."""
+    if filename_prefix.startswith("/") or re.match(r"^[A-Za-z]:", filename_prefix):
+        return f"filename_prefix {filename_prefix!r} is an absolute path; give a name (and subfolders) inside the output folder"
+    if ".." in filename_prefix.split("/"):
+        return f"filename_prefix {filename_prefix!r} goes up a folder with '..'; give a name (and subfolders) inside the output folder"
+    if not _PREFIX_OK.match(filename_prefix) or filename_prefix.endswith("/"):
+        return (
+            f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', "
+            "spaces and '/' between subfolders, and must end in a name (at most 120 characters)"
+        )
+    sub = filename_prefix.rpartition("/")[0]
+    base = folder.resolve()
+    target = (base / sub).resolve() if sub else base
+    if target != base and base not in target.parents:  # a subfolder that is a symlink out
+        return f"filename_prefix {filename_prefix!r} points outside the output folder"
+    return None
+
+
+def _check_prefix(filename_prefix: str, env) -> str | None:
+    return prefix_problem(filename_prefix, env.settings.output_dir)
+
+
 def _save(
     ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path, kind: str
 ) -> dict:
-    if (
-        not _PREFIX_OK.match(filename_prefix)
-        or ".." in filename_prefix.split("/")
-        or filename_prefix.startswith("/")
-    ):
-        raise ValueError(
-            f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', spaces and '/' subfolders"
-        )
+    problem = prefix_problem(filename_prefix, folder)
+    if problem:
+        raise ValueError(problem)
     sub, _, stem = filename_prefix.rpartition("/")
     target = (folder / sub).resolve() if sub else folder.resolve()
-    if folder.resolve() != target and folder.resolve() not in target.parents:
-        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
     target.mkdir(parents=True, exist_ok=True)
     workflow = ctx.extra.get("workflow") or {}
     text = {"prompt": json.dumps(workflow)}
@@ -200,7 +248,10 @@ def _save(
 
 @node(
     "SaveImage",
-    inputs=[Input("images", T.IMAGE), Input("filename_prefix", T.STRING, default="ComfyUI")],
+    inputs=[
+        Input("images", T.IMAGE),
+        Input("filename_prefix", T.STRING, default="ComfyUI", check=_check_prefix),
+    ],
     outputs=(),
     output_node=True,
     category="image",

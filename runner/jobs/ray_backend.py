@@ -8,7 +8,8 @@ mid-batch, the driver sees the call fail, puts the batch's jobs back at the fron
 queue, and another worker runs them.
 
 Workers either start on each GPU machine with ``easel worker --ray-address ADDR``
-(detached, named ``easel-worker-...`` in the ``easel`` namespace; the driver finds them)
+(named ``easel-worker-HOST-PID-GPU`` in the ``easel`` namespace, owned by that process;
+the driver finds them)
 or are started by the driver itself (``workers=N``, or one per GPU in the cluster when
 none are found).
 
@@ -52,6 +53,108 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise BackendError("the Ray backend needs Ray: pip install 'easel[ray]'") from exc
     return ray
+
+
+AUTH_HELP = (
+    "give easel the head's token (`ray get-auth-token` on the head prints it) as "
+    "RAY_AUTH_TOKEN or in a file named by RAY_AUTH_TOKEN_PATH, or start the head and "
+    "every worker with RAY_AUTH_MODE=disabled on a private network"
+)
+
+
+def _token_given(environ: Mapping[str, str]) -> str | None:
+    """Where this process's Ray token comes from, if one is given."""
+    if environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).expanduser().is_file():
+        return f"RAY_AUTH_TOKEN_PATH ({path})"
+    return None
+
+
+def prepare_ray_auth(environ: dict[str, str] | None = None) -> None:
+    """Ray 2.60 sends a token only in token mode: when a token is given (RAY_AUTH_TOKEN
+    or RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE is unset, turn token mode on for this
+    process (and the processes it starts)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RAY_AUTH_MODE") or not _token_given(environ):
+        return
+    environ["RAY_AUTH_MODE"] = "token"
+    if environ is os.environ and "ray" in __import__("sys").modules:
+        try:  # Ray read its configuration at import: read it again
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+        except Exception:  # pragma: no cover - another Ray version
+            log.debug("could not refresh Ray's configuration", exc_info=True)
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    if not address or address == "auto" or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, in one sentence, when nothing answers at ``address`` (``HOST:PORT``)
+    or its cluster refuses this process's authentication (Ray itself retries for a
+    minute, logging InvalidAuthToken, then says only that it could not connect)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as exc:
+        raise BackendError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one there "
+            "with `ray start --head`, or correct the Ray address"
+        ) from None
+    ray = import_ray()
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # pragma: no cover - another Ray version
+        return
+    try:
+        GcsClient(address=address)
+    except ray.exceptions.AuthenticationError:
+        given = _token_given(os.environ)
+        if given:
+            problem = f"rejected the authentication token from {given}"
+        else:
+            problem = (
+                "requires an authentication token (Ray turns token authentication on by default)"
+            )
+        raise BackendError(f"the Ray cluster at {address} {problem}: {AUTH_HELP}") from None
+    except Exception:  # anything else: ray.init reports it
+        log.debug("probing the Ray cluster at %s failed", address, exc_info=True)
+
+
+def connect_ray(address: str | None, namespace: str, **init_kwargs: Any) -> bool:
+    """``ray.init`` at ``address`` (None: a local cluster) in ``namespace``, without the
+    workers' logs on this terminal, unless Ray is connected already (False then).
+    Authentication problems and a missing cluster raise :class:`BackendError` with one
+    sentence saying what to do."""
+    prepare_ray_auth()
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    check_ray_address(address)
+    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False, **init_kwargs}
+    if address:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except ray.exceptions.AuthenticationError as exc:
+        raise BackendError(
+            f"the Ray cluster at {address} refused this process: {AUTH_HELP}"
+        ) from exc
+    except ConnectionError as exc:
+        raise BackendError(f"no Ray cluster at {address!r}: {exc}") from exc
+    return True
 
 
 def _quiet_environment() -> None:
@@ -346,17 +449,8 @@ class RayBackend:
     # Starting and stopping ----------------------------------------------------------------
     def connect(self) -> None:
         """``ray.init`` (unless already connected) in this backend's namespace."""
-        ray = import_ray()
-        if ray.is_initialized():
-            return
-        kwargs = {"namespace": self.namespace, "log_to_driver": False, **self.init_kwargs}
-        if self.address:
-            kwargs["address"] = self.address
-        try:
-            ray.init(**kwargs)
-        except ConnectionError as exc:
-            raise BackendError(f"no Ray cluster at {self.address!r}: {exc}") from exc
-        self._initialised_ray = True
+        if connect_ray(self.address, self.namespace, **self.init_kwargs):
+            self._initialised_ray = True
 
     def start(self, runner: JobRunner) -> list[RayWorker]:
         """Connect, attach to the ``easel worker`` actors, start our own if wanted, add
@@ -489,9 +583,15 @@ def start_named_workers(
     count: int | None = None,
     num_gpus: float | None = None,
     namespace: str = DEFAULT_NAMESPACE,
+    detached: bool = False,
 ) -> list[tuple[str, Any]]:
-    """Start (or find) this machine's detached worker actors, one per local GPU (or
-    ``count``), pinned to this node; for ``easel worker``. Call after ``ray.init``."""
+    """Start (or find) this process's worker actors, one per local GPU (or ``count``),
+    pinned to this node; for ``easel worker``. Call after ``ray.init``.
+
+    Names are unique per process and GPU (``easel-worker-HOST-PID-INDEX``), so two
+    ``easel worker`` on one machine get their own actors. Without ``detached`` the
+    actors belong to this process: Ray ends them with it (Ctrl-C, a crash, SIGKILL) and
+    never those of another process."""
     ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -509,15 +609,16 @@ def start_named_workers(
     payload = _settings_payload(settings)
     actors = []
     for index in range(count):
-        name = f"{NAMED_PREFIX}{host}-{index}"
+        name = f"{NAMED_PREFIX}{host}-{os.getpid()}-{index}"
         options: dict[str, Any] = {
             "name": name,
             "namespace": namespace,
-            "lifetime": "detached",
             "get_if_exists": True,
             "num_gpus": gpus,
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         }
+        if detached:
+            options["lifetime"] = "detached"
         if not gpus:
             options["num_cpus"] = 0
         actor = cls.options(**options).remote(payload, name)

@@ -38,9 +38,8 @@ def run_on_ray(
     ``settings.ray_address``, or started for it), stream its events to ``on_event``, and
     write the images it sends back into ``settings.output_dir`` as ``ray-<name>``.
     Returns their paths. Raises :class:`JobCancelled` or :class:`RemoteJobFailed`."""
-    from runner.jobs.ray_backend import RayBackend, import_ray
+    from runner.jobs.ray_backend import RayBackend, connect_ray
 
-    ray = import_ray()
     address = address or settings.ray_address
     backend = RayBackend(
         settings,
@@ -54,8 +53,7 @@ def run_on_ray(
     if on_event is not None:
         runner.bus.add_listener(on_event)
     try:
-        if not ray.is_initialized():
-            ray.init(**ray_init_kwargs(settings.ray_namespace, address))
+        connect_ray(address, settings.ray_namespace)
         backend.start(runner)
         runner.start()
         runner.submit(make_job(JOB_ID, workflow))

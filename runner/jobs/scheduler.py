@@ -41,8 +41,10 @@ class JobStore(Protocol):
         """``job`` ended (done, failed, or cancelled, waiting or running)."""
         ...
 
-    def job_requeued(self, job: JobSpec, reason: str) -> None:
-        """``job`` went back to the queue because its worker was lost."""
+    def job_requeued(self, job: JobSpec, reason: str) -> str | None:
+        """``job``'s worker was lost: record that it waits again and return None, or
+        return one sentence saying why it must not run again (it was tried too often);
+        the runner then ends it as failed with that sentence."""
         ...
 
 
@@ -66,9 +68,10 @@ class MemoryStore:
                 raise RuntimeError(f"job {job.job_id!r} finished twice")
             self.outcomes[job.job_id] = outcome
 
-    def job_requeued(self, job: JobSpec, reason: str) -> None:
+    def job_requeued(self, job: JobSpec, reason: str) -> str | None:
         with self._lock:
             self.requeues.setdefault(job.job_id, []).append(reason)
+        return None
 
 
 @dataclass
@@ -216,16 +219,25 @@ class JobRunner:
             self._cond.notify_all()
         return position
 
-    def requeue(self, job: JobSpec, reason: str) -> int:
-        """Put a job back at the front of the queue (its worker was lost)."""
+    def requeue(self, job: JobSpec, reason: str) -> int | None:
+        """Put a job back at the front of the queue (its worker was lost) and return its
+        position; or, when the store says it must not run again (it was tried too
+        often), end it as failed with the store's sentence and return None."""
+        # The store first: once the job is in the queue a worker may take it, and the
+        # store must already know it waits.
+        try:
+            refusal = self.store.job_requeued(job, reason)
+        except Exception:
+            log.exception("the job store failed to record that job %s was requeued", job.job_id)
+            refusal = None
+        if refusal:
+            log.warning("job %s is not run again: %s", job.job_id, refusal)
+            self._finish(job, JobOutcome(job.job_id, FAILED, error=refusal))
+            return None
         with self._cond:
             self._running.pop(job.job_id, None)
             position = self.queue.put(job, front=True)
             self._cond.notify_all()
-        try:
-            self.store.job_requeued(job, reason)
-        except Exception:
-            log.exception("the job store failed to record that job %s was requeued", job.job_id)
         self.bus.publish(JobRequeued(job.job_id, reason=reason, position=position))
         return position
 

@@ -16,6 +16,7 @@ The package, by concern:
 - :mod:`.discovery`: finding plugins on disk and importing them (:func:`discover_plugins`,
   :func:`dropin_paths`, :func:`plugin_site_dirs`);
 - :mod:`.guard`: isolation, hooks with time limits (:data:`PROPAGATING_HOOKS`);
+- :mod:`.breadcrumbs`: what a process was doing with a plugin when it died;
 - :mod:`.host`: the lifecycle (:class:`PluginHost`).
 
 This package is runner-level: it knows nothing of the database or Discord. The bot's
@@ -45,6 +46,7 @@ from runner.plugin_host.records import (
     ENABLED,
     FAILED,
     LOADING,
+    RAISED,
     PluginEvent,
     PluginRecord,
     PluginSource,
@@ -60,6 +62,7 @@ __all__ = [
     "HookTimeout",
     "LOADING",
     "PROPAGATING_HOOKS",
+    "RAISED",
     "PluginEvent",
     "PluginHookError",
     "PluginHost",

@@ -33,6 +33,7 @@ from typing import Any
 
 from runner.errors import EaselError, JobCancelled, is_out_of_memory
 from runner.nodes import NodeType
+from runner.plugin_host.breadcrumbs import Breadcrumbs
 from runner.plugin_host.errors import HookTimeout, PluginHookError, describe_error
 from runner.plugin_host.records import ENABLED, LOADING, PluginRecord
 from runner.templates import WorkflowTemplate
@@ -46,6 +47,10 @@ rather than being switched off; the deletion report names the plugin)."""
 
 Report = Callable[[PluginRecord, str], None]
 """``report(record, reason)``: a guarded plugin failed; the host switches it off."""
+
+Notice = Callable[[PluginRecord, str], None]
+"""``notice(record, details)``: a propagating hook raised; the plugin stays on, the owners
+are told."""
 
 
 class _GuardedPlugin:
@@ -69,8 +74,18 @@ class Guard:
     ``marker``: the attribute pluggy's implementation marker sets (``easel_impl``).
     """
 
-    def __init__(self, report: Report, timeout_s: float, marker: str):
+    def __init__(
+        self,
+        report: Report,
+        timeout_s: float,
+        marker: str,
+        notice: Notice | None = None,
+        crumbs: Breadcrumbs | None = None,
+    ):
         self.report = report
+        self.notice = notice
+        self.crumbs = crumbs
+        """Breadcrumbs left in the data folder around every call (None: none)."""
         self.timeout_s = timeout_s
         self.marker = marker
         self.abandoned_calls = 0
@@ -106,11 +121,18 @@ class Guard:
         """``fn(*args, **kwargs)`` on a helper thread (in the caller's context), waiting at
         most ``timeout_s``: its result, its exception, or :class:`HookTimeout`."""
         timeout = self.timeout_s
+        crumbs = self.crumbs
         if not timeout or timeout <= 0:
-            return fn(*args, **kwargs)
+            if crumbs is None:
+                return fn(*args, **kwargs)
+            with crumbs.leave(record.name, f"hook {hook}"):
+                return fn(*args, **kwargs)
         box: dict[str, Any] = {}
         done = threading.Event()
         context = contextvars.copy_context()
+        # Left before the call and removed when it returns (on its own thread: a hung call
+        # keeps its breadcrumb): a hook that ends the process is known at the next start.
+        crumb = crumbs.drop(record.name, f"hook {hook}") if crumbs is not None else None
 
         def target() -> None:
             try:
@@ -118,6 +140,8 @@ class Guard:
             except BaseException as exc:  # handed to the caller's thread
                 box["error"] = exc
             finally:
+                if crumb is not None:
+                    crumbs.pick_up(crumb)
                 done.set()
 
         thread = threading.Thread(
@@ -150,6 +174,8 @@ class Guard:
             except Exception as exc:
                 message = describe_error(exc)
                 if hook in PROPAGATING_HOOKS:
+                    if guard.notice is not None:
+                        guard.notice(record, f"raised in {hook}: {message}")
                     raise PluginHookError(record.name, hook, message) from exc
                 guard.report(record, f"raised in {hook}: {message}")
                 return None
@@ -217,4 +243,4 @@ class Guard:
         return guarded
 
 
-__all__ = ["PROPAGATING_HOOKS", "Guard", "Report"]
+__all__ = ["PROPAGATING_HOOKS", "Guard", "Notice", "Report"]

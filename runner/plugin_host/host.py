@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from runner.plugin_host.breadcrumbs import FOLDER as CRUMB_FOLDER
+from runner.plugin_host.breadcrumbs import Breadcrumbs
+from runner.plugin_host.breadcrumbs import forget as forget_crumb
 from runner.plugin_host.discovery import (
     discover_plugins,
     forget_dropin_folder,
@@ -38,6 +41,7 @@ from runner.plugin_host.records import (
     ENABLED,
     FAILED,
     LOADING,
+    RAISED,
     PluginEvent,
     PluginRecord,
     PluginSource,
@@ -91,7 +95,16 @@ class PluginHost:
             if hook_timeout_s is not None
             else float(getattr(settings, "plugin_hook_timeout_s", 30.0))
         )
-        self.guard = Guard(self._report, timeout, f"{self.pm.project_name}_impl")
+        data_dir = getattr(settings, "data_dir", None)
+        self.crumbs = Breadcrumbs(Path(data_dir) / CRUMB_FOLDER) if data_dir else None
+        """Breadcrumbs in the data folder around imports and hook calls (None without one)."""
+        self.guard = Guard(
+            self._report,
+            timeout,
+            f"{self.pm.project_name}_impl",
+            notice=self._notice,
+            crumbs=self.crumbs,
+        )
         self._records: dict[str, PluginRecord] = {}
         self._lock = threading.RLock()
         self._depth = 0
@@ -100,6 +113,8 @@ class PluginHost:
         self._listeners: list[Callable[[PluginEvent], None]] = []
         self._added_paths: list[str] = []
         self._loaded_before: set[str] = set()
+        self._provided_by: dict[str, set[str]] = {}
+        """The node types each plugin provided when it was last enabled in this process."""
         for path in self.package_dirs:
             if str(path) not in sys.path:
                 sys.path.append(str(path))
@@ -169,6 +184,12 @@ class PluginHost:
                 return
             log.warning("plugin %s failed: %s", record.name, reason)
             self._pending[record.name] = reason
+
+    def _notice(self, record: PluginRecord, details: str) -> None:
+        """A propagating hook raised (its caller handles it; the plugin stays on): tell the
+        listeners (``raised``) so that owners learn the details users are not shown."""
+        with self._operation():
+            self._events.append(PluginEvent(record.name, RAISED, details))
 
     def _process_pending(self) -> None:
         while self._pending:
@@ -242,8 +263,17 @@ class PluginHost:
         ``disabled`` (name -> reason), which are recorded as disabled. Returns the records."""
         disabled = {normalize_name(k): v for k, v in (disabled or {}).items()}
         with self._operation():
+            crashed = self._crashed()
             for name, source in sorted(self.discover().items()):
                 record = self._records.get(name)
+                if name in crashed and name not in disabled and record is None:
+                    # It ended a previous process: not imported again until an owner says so.
+                    record = self._record_for(source, record)
+                    record.status = FAILED
+                    record.error = crashed[name]
+                    self._events.append(PluginEvent(name, FAILED, crashed[name]))
+                    log.error("plugin %s disabled: %s", name, crashed[name])
+                    continue
                 if name in disabled:
                     if record is not None and record.status == ENABLED:
                         self._unload(record, call_shutdown=True)
@@ -276,8 +306,13 @@ class PluginHost:
         record.error = None
         record.hooks = []
         record.node_types, record.templates = [], []
+        log.info("importing plugin %s from %s", record.name, source.location)
         try:
-            targets = import_plugin(source, record, self.dropin_dir)
+            if self.crumbs is None:
+                targets = import_plugin(source, record, self.dropin_dir)
+            else:
+                with self.crumbs.leave(record.name, "import"):
+                    targets = import_plugin(source, record, self.dropin_dir)
         except Exception as exc:
             return self._fail(record, f"could not be imported: {describe_error(exc)}")
         try:
@@ -309,6 +344,17 @@ class PluginHost:
         self._events.append(PluginEvent(record.name, "loaded"))
         log.info("plugin %s %s loaded", record.name, record.version or "")
         return record
+
+    def _crashed(self) -> dict[str, str]:
+        """Plugins that a previous process never came back from (their breadcrumbs are
+        stale), with the reason; the breadcrumbs are removed."""
+        if self.crumbs is None:
+            return {}
+        out: dict[str, str] = {}
+        for crumb in self.crumbs.stale():
+            out.setdefault(normalize_name(crumb.plugin), crumb.reason())
+            forget_crumb(crumb)
+        return out
 
     def _clashes(self, record: PluginRecord) -> str | None:
         """A node type or template name that another plugin already provides."""
@@ -392,6 +438,8 @@ class PluginHost:
             self._unregister(record)
             record.status = DISABLED
             self._records.pop(record.name, None)
+            self._provided_by.pop(record.name, None)  # its files go: nothing to enable
+            self._note_switched_off_nodes()
             self._events.append(PluginEvent(record.name, "unloaded"))
         return record
 
@@ -427,10 +475,28 @@ class PluginHost:
             self.env.refresh()
         except Exception:  # only unguarded (built-in) plugins can get here
             log.exception("refreshing the node types and templates failed")
+        self._note_switched_off_nodes()
+
+    def _note_switched_off_nodes(self) -> None:
+        """``env.disabled_node_types``: node type -> the plugin that provided it and is off
+        now (disabled or failed), so that a workflow using it says which plugin to enable.
+        A plain dict: validation reads it without calling any plugin."""
+        gone = {}
+        for name, node_types in self._provided_by.items():
+            record = self._records.get(name)
+            if record is not None and record.status == ENABLED:
+                continue
+            for node_type in node_types:
+                if node_type not in self.env.node_types:
+                    gone[node_type] = name
+        self.env.disabled_node_types = gone
 
     def _collect_names(self) -> None:
         for record in self._records.values():
             record.node_types, record.templates = provided_names(self.env, record.name)
+            if record.status == ENABLED and record.node_types:
+                self._provided_by[record.name] = set(record.node_types)
+        self._note_switched_off_nodes()
 
     def refresh(self) -> None:
         """Collect node types and templates again from every registered plugin."""

@@ -18,6 +18,8 @@ ENABLED = "enabled"
 DISABLED = "disabled"
 FAILED = "failed"
 LOADING = "loading"
+RAISED = "raised"
+"""The action of an event about a propagating hook that raised (the plugin stays on)."""
 
 
 def normalize_name(name: str) -> str:
@@ -59,7 +61,8 @@ class PluginRecord:
 
 @dataclass(frozen=True)
 class PluginEvent:
-    """Sent to listeners: ``action`` is ``loaded``, ``failed``, ``disabled`` or ``unloaded``."""
+    """Sent to listeners: ``action`` is ``loaded``, ``failed``, ``disabled``, ``unloaded`` or
+    ``raised`` (a propagating hook raised; ``reason`` has the details)."""
 
     name: str
     action: str
@@ -110,6 +113,7 @@ __all__ = [
     "ENABLED",
     "FAILED",
     "LOADING",
+    "RAISED",
     "PluginEvent",
     "PluginRecord",
     "PluginSource",

@@ -7,7 +7,9 @@ callbacks, webhook edits and follow-ups, channel messages with multipart files, 
 attachments, and application command sync. Every request is recorded for assertions.
 
 Channel messages honour ``enforce_nonce`` as Discord does: a second message from the bot
-with the same nonce returns the first one instead of creating another. ``hold_posts()``
+with the same nonce returns the first one instead of creating another, until
+``forget_nonces()`` (Discord remembers a nonce a few minutes). Messages are kept and can
+be read back (``GET /channels/{id}/messages``, newest first, without nonces). ``hold_posts()``
 makes the server store channel messages but not answer until ``release_posts()`` (to
 kill a bot between posting a result and recording that it did).
 
@@ -34,9 +36,18 @@ EPOCH_MS = 1420070400000
 
 
 def snowflake_counter(start_ms: int | None = None):
-    """Increasing snowflakes (their timestamps are now)."""
-    base = ((start_ms or int(time.time() * 1000)) - EPOCH_MS) << 22
-    return (base + i for i in itertools.count(1))
+    """Increasing snowflakes whose timestamps are the time each is made, as Discord's
+    (a client may look for messages "after" a moment: ``channel.history(after=...)``)."""
+    last = ((start_ms or int(time.time() * 1000)) - EPOCH_MS) << 22
+
+    def ids():
+        nonlocal last
+        for _ in itertools.count():
+            now = (int(time.time() * 1000) - EPOCH_MS) << 22
+            last = max(last + 1, now)
+            yield last
+
+    return ids()
 
 
 def now_iso() -> str:
@@ -118,6 +129,7 @@ class FakeDiscord:
         self.port = 0
         self.nonces: dict[str, int] = {}
         self.nonce_repeats: list[str] = []
+        self.history_reads = 0
         self._held: asyncio.Event | None = None
 
     # -- life cycle --------------------------------------------------------------------
@@ -627,6 +639,36 @@ class FakeDiscord:
 
         self._call(release())
 
+    def forget_nonces(self) -> None:
+        """Forget every nonce, as Discord does a few minutes after a message: a repeat
+        with ``enforce_nonce`` then creates a second message."""
+        with self._cond:
+            self.nonces.clear()
+
+    def channel_history(self, query: dict[str, str]) -> list[dict]:
+        """``GET /channels/{id}/messages``: up to ``limit`` (at most 100) messages,
+        newest first, as Discord answers; ``after`` gives the ones just after that id,
+        ``before`` the ones just before it. Fetched messages carry no nonce (Discord
+        hands it back only when the message is created)."""
+        limit = max(1, min(100, int(query.get("limit") or 50)))
+        after, before = query.get("after"), query.get("before")
+        with self._cond:
+            self.history_reads += 1
+            found = sorted(
+                (m for m in self.messages.values() if m["channel_id"] == str(self.channel_id)),
+                key=lambda m: int(m["id"]),
+            )
+        if after is not None:
+            found = [m for m in found if int(m["id"]) > int(after)][:limit]
+        else:
+            if before is not None:
+                found = [m for m in found if int(m["id"]) < int(before)]
+            found = found[-limit:]
+        return [
+            {k: v for k, v in m.items() if not k.startswith("_") and k != "nonce"}
+            for m in reversed(found)
+        ]
+
     def messages_with_nonce(self, nonce: str) -> list[dict]:
         """Channel messages created with ``nonce``."""
         with self._cond:
@@ -688,6 +730,8 @@ class FakeDiscord:
         if parts[0] == "webhooks":
             return self._webhook(method, parts, body, files)
         if parts[0] == "channels":
+            if len(parts) == 3 and parts[2] == "messages" and method == "GET":
+                return self._json(self.channel_history(dict(request.query)))
             return self._channel(method, parts, body, files)
         if parts[0] == "applications" and parts[-1] == "commands":
             key = parts[3] if len(parts) > 3 and parts[2] == "guilds" else "global"

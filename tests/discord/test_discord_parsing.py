@@ -13,10 +13,10 @@ from bot.services.parsing import (
     Defaults,
     Limits,
     ParseError,
-    build_request,
     parse_prompt,
     size_for_aspect,
 )
+from bot.services.request_builder import build_request
 from runner.templates import GenerationRequest
 
 

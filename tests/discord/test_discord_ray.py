@@ -72,3 +72,63 @@ def test_the_bot_runs_its_jobs_on_a_ray_cluster(server, make_bot, ray_address):
     assert bot.proc.returncode == 0, bot.output()[-3000:]
     assert wait_until(lambda: not driver_actors(), 30)
     assert "jobs run on the ray backend" in bot.output()
+
+
+def test_the_bot_survives_the_loss_of_its_ray_head(server, make_bot):
+    """A real head is SIGKILLed under the bot and started again on the same port: the bot
+    lives on, a job asked for meanwhile waits, the owners are told once, and the bot
+    reconnects by itself and runs it (no restart)."""
+    import time
+
+    from tests.helpers.ray_head import RayHead
+
+    head = RayHead().start()
+    again = None
+    try:
+        bot = make_bot(
+            "--backend",
+            "ray",
+            "--ray-address",
+            head.address,
+            easel_ray_workers="1",
+            ray_auth_mode="disabled",
+        )
+        server.slash("imagine", {"prompt": "before the loss --seed 1"})
+        server.wait_for(
+            lambda: any(
+                "before the loss" in m["content"] and m.get("attachments")
+                for m in server.bot_messages()
+            ),
+            180,
+            "the result before the loss",
+        )
+        head.kill()  # the head's machine is gone, with the worker on it
+        waiting = server.slash("imagine", {"prompt": "during the loss --seed 2"})
+        server.wait_for(lambda: waiting.edits, 30, "the job to be acknowledged")
+        time.sleep(15)
+        assert bot.proc.poll() is None, bot.output()[-4000:]
+        statuses = rows(
+            bot.data_dir,
+            "select j.status from jobs j join generations g on g.id = j.generation_id "
+            "where g.prompt like 'during the loss%'",
+        )
+        assert statuses == [("queued",)], statuses
+        again = RayHead(port=head.port).start()
+        server.wait_for(
+            lambda: any(
+                "during the loss" in m["content"] and m.get("attachments")
+                for m in server.bot_messages()
+            ),
+            240,
+            "the result after the head came back",
+        )
+        assert bot.proc.poll() is None, bot.output()[-4000:]
+        output = bot.output()
+        assert output.count("The GPU cluster is unreachable") == 1, output[-4000:]
+        assert "WrongClusterID" not in output
+        bot.stop()
+        assert bot.proc.returncode == 0, bot.output()[-4000:]
+    finally:
+        head.cleanup()
+        if again is not None:
+            again.cleanup()

@@ -2,7 +2,9 @@
 clean shutdown of any kind) while jobs are queued and running, or between posting a
 result and recording that it did; the next ``easel bot`` on the same data runs what was
 left and posts every result exactly once (the stand-in Discord's channel and the
-database agree)."""
+database agree), also when Discord has long forgotten the message's nonce; a job that
+takes the bot down every time fails after ``max_job_attempts``; and the private statuses
+of the killed run say where their jobs went."""
 
 from __future__ import annotations
 
@@ -101,6 +103,15 @@ def test_jobs_queued_and_running_when_the_bot_is_killed_run_after_a_restart(
         (waiting, 1),
     ]
     assert len(server.bot_messages()) == 2 and not server.nonce_repeats
+    # The private statuses of the killed run say where the jobs went, not "Queued".
+    for log, message in ((long, first), (short, second)):
+        server.wait_for(
+            lambda log=log, message=message: message["id"] in log.last_text,
+            30,
+            "the old status to link the result",
+        )
+        assert log.last_text.startswith("✅ Done:")
+    assert any("The bot restarted" in (e.get("content") or "") for e in short.edits)
 
 
 def test_a_result_posted_just_before_the_bot_is_killed_is_not_posted_again(server, make_bot, state):
@@ -118,9 +129,69 @@ def test_a_result_posted_just_before_the_bot_is_killed_is_not_posted_again(serve
         server.release_posts()
     assert rows(bot.data_dir, "select status, posted from jobs where id=?", job) == [("done", 0)]
     before = len(server.bot_messages())
+    # The bot stays down longer than Discord remembers nonces: a repeat would post twice.
+    server.forget_nonces()
+    reads = server.history_reads
 
-    make_bot()
-    # Posted again at the start with the same nonce: Discord hands back the first message.
-    server.wait_for(lambda: nonce in server.nonce_repeats, 60, "the repeated post")
+    state["bot"] = make_bot()
+    # The restart looks for the message in the channel and adopts it: nothing is sent.
+    server.wait_for(
+        lambda: rows(bot.data_dir, "select posted from jobs where id=?", job) == [(1,)],
+        60,
+        f"job {job} to be marked posted",
+    )
+    assert server.history_reads > reads
     assert posted_once(server, bot.data_dir, job)["id"] == message["id"]
-    assert len(server.bot_messages()) == before
+    assert len(server.bot_messages()) == before and not server.nonce_repeats
+    sends = [r for r in server.requests_to("POST", "/messages") if (r.json or {}).get("nonce")]
+    assert [r.json["nonce"] for r in sends].count(nonce) == 1
+
+
+def test_a_job_that_dies_with_the_bot_every_time_fails_after_max_job_attempts(
+    server, make_bot, state
+):
+    kill(state.pop("bot"))
+    user = server.user(6004, "dora")
+    bot = make_bot(easel_max_job_attempts="2")
+    log = server.slash(
+        "imagine", {"prompt": "a crash loop --steps 100 --size 256x256 --seed 4"}, user=user
+    )
+    server.wait_for(lambda: "Generating: step" in log.last_text, 60, "the job to sample")
+    job = job_number(server, log)
+    kill(bot)  # the job took the bot down (as a plugin that exits or an OOM kill would)
+
+    bot = make_bot(easel_max_job_attempts="2")
+    server.wait_for(
+        lambda: (
+            rows(bot.data_dir, "select status, attempts from jobs where id=?", job)
+            == [("running", 2)]
+        ),
+        90,
+        "the second attempt",
+    )
+    kill(bot)  # and again
+
+    state["bot"] = make_bot(easel_max_job_attempts="2")
+    # Not a third run: the job fails, saying why, and its user is told in the channel.
+    notice = server.wait_for(
+        lambda: [m for m in server.bot_messages() if m["content"].startswith("<@6004>")],
+        60,
+        "the failure notice",
+    )
+    (message,) = notice
+    assert "started 2 times" in message["content"], message["content"]
+    assert "not tried again" in message["content"]
+    server.wait_for(
+        lambda: (
+            rows(bot.data_dir, "select status, attempts, posted from jobs where id=?", job)
+            == [("failed", 2, 1)]
+        ),
+        30,
+        "the failed job to be marked posted",
+    )
+    assert rows(
+        bot.data_dir,
+        "select g.status from jobs j join generations g on g.id = j.generation_id where j.id=?",
+        job,
+    ) == [("failed",)]
+    server.wait_for(lambda: "not tried again" in log.last_text, 30, "the old status to say so")

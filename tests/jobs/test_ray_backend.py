@@ -5,10 +5,15 @@ with nothing lost and nothing done twice."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +249,204 @@ def test_easel_worker_and_easel_generate_on_ray(
     assert wait_until(
         lambda: not [n for n in ray.util.list_named_actors() if n.startswith("easel-worker-")], 10
     )
+
+
+# A real `ray start --head` and real `easel worker` processes -------------------------------
+TOKEN = "easel-test-token-0123456789abcdef"
+
+
+class WorkerProcess:
+    """``easel worker`` in its own process group (killed at the end whatever happens)."""
+
+    def __init__(self, head, data_dir, cache_folder, *args: str, **env: str):
+        from tests.helpers.ray_head import clean_env
+
+        self.log = head.root / f"worker-{len(list(head.root.glob('worker-*')))}.log"
+        easel = str(Path(sys.executable).parent / "easel")
+        environment = clean_env(
+            head.root / "worker-home",
+            EASEL_CONFIG=os.devnull,
+            EASEL_DATA_DIR=str(data_dir),
+            EASEL_CACHE_FOLDER=str(cache_folder),
+            EASEL_THREADS="1",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+            **env,
+        )
+        (head.root / "worker-home").mkdir(exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [easel, "worker", "--ray-address", head.address, *args],
+                env=environment,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        if not wait_until(
+            lambda: text in self.output() or self.proc.poll() is not None, timeout, 0.3
+        ):
+            raise AssertionError(f"no {text!r} from easel worker:\n{self.output()[-3000:]}")
+        assert text in self.output(), self.output()[-3000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def _named_workers(head) -> list[str]:
+    """The easel worker actors alive on ``head``'s cluster, asked by a separate driver."""
+    from tests.helpers.ray_head import clean_env
+
+    code = (
+        "import json, ray\n"
+        f"ray.init(address={head.address!r}, log_to_driver=False)\n"
+        "print('NAMES', json.dumps(sorted(a['name'] for a in "
+        "ray.util.list_named_actors(all_namespaces=True) if a['name'].startswith('easel-worker-'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(head.root / "home", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith("NAMES ")), None)
+    assert line, result.stdout + result.stderr[-3000:]
+    return json.loads(line[6:])
+
+
+@pytest.fixture
+def auth_head():
+    from tests.helpers.ray_head import RayHead
+
+    head = RayHead(token=TOKEN)
+    try:
+        yield head.start()
+    finally:
+        head.cleanup()
+
+
+def test_easel_worker_on_a_head_with_token_authentication(auth_head, tmp_path, cache_folder):
+    """Ray 2.60's token authentication: without the token, or with a wrong one, `easel
+    worker` says so in one sentence at once (not a minute of InvalidAuthToken and then
+    "no Ray cluster"); with the head's token in RAY_AUTH_TOKEN it serves."""
+    from runner.models.tiny import tiny_model_dir
+
+    tiny_model_dir(cache_folder)
+    started = []
+    try:
+        for env, expected in (
+            ({}, "requires an authentication token"),
+            (
+                {"RAY_AUTH_TOKEN": "not-the-token-0000000000000000"},
+                "rejected the authentication token",
+            ),
+        ):
+            worker = WorkerProcess(auth_head, tmp_path / "data", cache_folder, **env)
+            started.append(worker)
+            worker.proc.wait(60)
+            out = worker.output()
+            assert worker.proc.returncode == 1, out[-3000:]
+            assert (
+                expected in out and "RAY_AUTH_TOKEN" in out and "RAY_AUTH_MODE=disabled" in out
+            ), out
+            # One line logged by Ray's own probe at most, not a minute of retries.
+            assert "Traceback" not in out and out.count("InvalidAuthToken") <= 1, out
+        good = WorkerProcess(
+            auth_head, tmp_path / "data", cache_folder, "--workers", "1", RAY_AUTH_TOKEN=TOKEN
+        )
+        started.append(good)
+        good.wait_for("serving jobs", 180)
+        assert len(_named_workers(auth_head)) == 1
+    finally:
+        for worker in started:
+            worker.kill()
+
+
+def test_two_easel_workers_on_one_machine_have_their_own_actors(auth_head, tmp_path, cache_folder):
+    """Two `easel worker` on one machine: two actors (not one shared by name); Ctrl-C on
+    one stops only its own, the other keeps serving."""
+    from runner.models.tiny import tiny_model_dir
+
+    tiny_model_dir(cache_folder)
+    first = WorkerProcess(
+        auth_head,
+        tmp_path / "a",
+        cache_folder,
+        "--workers",
+        "1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=TOKEN,
+    )
+    second = WorkerProcess(
+        auth_head,
+        tmp_path / "b",
+        cache_folder,
+        "--workers",
+        "1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=TOKEN,
+    )
+    try:
+        first.wait_for("serving jobs", 180)
+        second.wait_for("serving jobs", 180)
+        names = _named_workers(auth_head)
+        assert len(names) == 2, names
+        first.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        first.proc.wait(60)
+        assert "workers stopped" in first.output(), first.output()[-3000:]
+        assert wait_until(lambda: len(_named_workers(auth_head)) == 1, 60, 1)
+        (left,) = _named_workers(auth_head)
+        assert str(second.proc.pid) in left and second.proc.poll() is None
+        # The second one still serves: a job from the command line runs on it.
+        from tests.helpers.ray_head import clean_env
+
+        out = tmp_path / "fox.png"
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "easel"),
+                "generate",
+                "a fox",
+                "--seed",
+                "5",
+                "--steps",
+                "2",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--backend",
+                "ray",
+                "--ray-address",
+                auth_head.address,
+                "--out",
+                str(out),
+            ],
+            env=clean_env(
+                auth_head.root / "home",
+                RAY_AUTH_TOKEN=TOKEN,
+                EASEL_CONFIG=os.devnull,
+                EASEL_DATA_DIR=str(tmp_path / "gen"),
+                EASEL_CACHE_FOLDER=str(cache_folder),
+                EASEL_RAY_WORKERS="0",
+                HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert out.read_bytes().startswith(b"\x89PNG")
+    finally:
+        first.kill()
+        second.kill()

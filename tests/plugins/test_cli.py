@@ -59,6 +59,7 @@ def test_plugins_commands(easel, database, offline_builds, monkeypatch, example)
 
     audit = json.loads(easel("plugins", "audit", "--json").output)
     assert [e["action"] for e in reversed(audit)] == [
+        "plugin.declined",
         "plugin.install",
         "plugin.disable",
         "plugin.enable",

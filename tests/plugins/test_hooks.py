@@ -210,7 +210,7 @@ def generation_service(runtime, database):
 
 
 def test_hook_easel_check_prompt(plugin_settings, make_runtime, database):
-    from bot.services.generation import Destination
+    from bot.services.generation import CHECK_FAILED, Destination
     from bot.services.moderation import Refused
     from runner.plugin_host import PluginHookError
 
@@ -221,9 +221,24 @@ def test_hook_easel_check_prompt(plugin_settings, make_runtime, database):
     with pytest.raises(Refused, match="no grumpy prompts here"):
         service.check_prompt("a grumpy cat", "", Destination(user_id=1))
     service.check_prompt("a grumpy cat", "", Destination(user_id=1, nsfw_allowed=True))
-    # A checker that breaks fails closed (the request is not queued) and stays enabled.
-    with pytest.raises(PluginHookError, match="moderation backend down"):
+    told = []
+    runtime.service.add_listener(told.append)
+    # A checker that breaks fails closed (the request is not queued) and stays enabled; the
+    # user reads one neutral sentence, the owners get the plugin's details.
+    with pytest.raises(Refused) as refused:
         service.check_prompt("forbidden", "", Destination(user_id=1))
+    text = str(refused.value)
+    assert text == CHECK_FAILED, text
+    for internal in ("checker", "RuntimeError", "backend down", ".py"):
+        assert internal not in text
+    assert isinstance(refused.value.__cause__, PluginHookError)
+    assert [(e.name, e.action) for e in told] == [("checker", "raised")]
+    assert "RuntimeError: moderation backend down (at checker.py:" in told[0].reason
+    assert "easel_check_prompt" in told[0].reason
+    # A checker that raises on every request tells the owners once in a while, not each time.
+    with pytest.raises(Refused):
+        service.check_prompt("forbidden", "", Destination(user_id=1))
+    assert len(told) == 1
     assert runtime.service.info(OWNER, "checker").status == "enabled"
 
 
@@ -247,7 +262,12 @@ def test_hook_easel_check_output(plugin_settings, make_runtime, database):
 
     assert check("bright", "a lamp") == "too bright"
     assert check("dark", "a lamp") is None
-    # A checker that breaks withholds the image (fails closed) and stays enabled.
+    told = []
+    runtime.service.add_listener(told.append)
+    # A checker that breaks withholds the image (fails closed) and stays enabled; the owners
+    # get the details.
     assert check("dark", "forbidden") == "the safety check failed"
     assert runtime.service.info(OWNER, "checker").status == "enabled"
+    assert [(e.name, e.action) for e in told] == [("checker", "raised")]
+    assert "easel_check_output" in told[0].reason and "checker.py:" in told[0].reason
     run_job(runtime.env)

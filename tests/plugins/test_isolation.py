@@ -88,6 +88,9 @@ def test_plugin_with_a_misspelt_hook(plugin_settings, database, make_runtime):
     runtime = make_runtime()
     events = []
     runtime.service.add_listener(events.append)
+    # Failed at start, before anyone listened: the first listener (the bot's owners) hears it.
+    assert [(e.name, e.action) for e in events] == [("misspelt", "failed")]
+    events.clear()
     status = runtime.service.info(OWNER, "misspelt")
     assert status.status == "failed"
     assert "failed validation: unknown hook 'easel_node_type'" in status.error

@@ -205,21 +205,23 @@ def test_an_image_in_a_subfolder_is_fine(env):
     assert issues_of(env, load_image_workflow("a/ok.png")) == []
 
 
-def test_a_file_that_is_not_an_image_fails_the_node_clearly(env):
+def test_a_file_that_is_not_an_image_is_refused_at_validation(env):
     env.settings.input_dir.mkdir(parents=True, exist_ok=True)
     (env.settings.input_dir / "fake.png").write_text("#!/bin/sh\necho not an image\n")
-    with pytest.raises(NodeExecutionError) as caught:
+    with pytest.raises(WorkflowInvalid) as caught:
         env.run(load_image_workflow("fake.png"))
-    assert caught.value.node_id == "10" and "not a readable image" in caught.value.message
+    (issue,) = caught.value.issues
+    assert issue.node_id == "10" and "not a readable image" in issue.message
     assert_nothing_written(env)
 
 
-def test_an_image_over_the_upload_limit_fails_the_node_clearly(make_env):
+def test_an_image_over_the_upload_limit_is_refused_at_validation(make_env):
     env = make_env(max_upload_mb=0.001)
     write_gradient_png(env.settings.input_dir / "big.png", width=256, height=256)
-    with pytest.raises(NodeExecutionError) as caught:
+    with pytest.raises(WorkflowInvalid) as caught:
         env.run(load_image_workflow("big.png"))
-    assert "MB" in caught.value.message and "allowed" in caught.value.message
+    (issue,) = caught.value.issues
+    assert "MB" in issue.message and "allowed" in issue.message
 
 
 @pytest.mark.parametrize("length", [300, 5000])

@@ -141,14 +141,20 @@ def test_image_scale_by_respects_the_limits(make_env):
     )
     assert tuple(out.shape) == (1, 64, 128, 3)
     workflow = {
-        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+        "1": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
         "2": {
             "class_type": "LatentUpscaleBy",
             "inputs": {"samples": ["1", 0], "upscale_method": "area", "scale_by": 4},
         },
         "3": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-random"}},
         "4": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["3", 2]}},
-        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0]}},
+        "5": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["4", 0], "filename_prefix": "ComfyUI"},
+        },
     }
     with pytest.raises(NodeExecutionError) as caught:
         env.run(workflow)

@@ -125,9 +125,13 @@ def test_unsupported_combination_through_ksampler_advanced(module_env, base):
                 k: inputs[k]
                 for k in ("model", "positive", "negative", "latent_image", "steps", "cfg")
             },
+            "add_noise": "enable",
             "noise_seed": 1,
             "sampler_name": "ddim",
             "scheduler": "karras",
+            "start_at_step": 0,
+            "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
         },
     }
     issues = validate(workflow, module_env.node_types, module_env).issues

@@ -106,18 +106,48 @@ def test_required_input_missing(module_env, base):
     assert issue.class_type == "CLIPTextEncode"
 
 
-def test_a_missing_input_with_a_default_takes_the_default(module_env, base):
+def test_a_missing_required_input_is_reported_even_when_it_has_a_default(module_env, base):
+    # As ComfyUI's validate_inputs: a required input must be given; a workflow without a
+    # width must not silently run at the default 512.
     workflow = copy.deepcopy(base)
+    del workflow["5"]["inputs"]["width"]
     del workflow["3"]["inputs"]["denoise"]
-    result = validate(workflow, module_env.node_types, module_env)
-    assert result.ok and result.nodes["3"].literals["denoise"] == 1.0
+    issues = issues_of(module_env, workflow)
+    assert [where(i) for i in issues] == [
+        ("required_input_missing", "3", "denoise", None),
+        ("required_input_missing", "5", "width", None),
+    ]
+    assert "'width' (INT) is missing" in issues[1].message
+
+
+def test_a_missing_optional_input_takes_its_default(module_env, base):
+    from runner import Input, NodeType
+    from runner import types as T
+
+    def passthrough(ctx, images, note="hello"):
+        return ()
+
+    noted = NodeType(
+        "NotedSave",
+        (Input("images", T.IMAGE), Input("note", T.STRING, default="hello", required=False)),
+        (),
+        passthrough,
+        output_node=True,
+    )
+    workflow = copy.deepcopy(base)
+    workflow["9"] = {"class_type": "NotedSave", "inputs": {"images": ["8", 0]}}
+    result = validate(workflow, {**module_env.node_types, "NotedSave": noted}, module_env)
+    assert result.ok and result.nodes["9"].literals["note"] == "hello"
 
 
 def test_a_node_without_inputs_is_reported_not_crashed_on(module_env, base):
     workflow = copy.deepcopy(base)
     del workflow["9"]["inputs"]
-    issue = only_issue(module_env, workflow)
-    assert where(issue) == ("required_input_missing", "9", "images", None)
+    issues = issues_of(module_env, workflow)
+    assert [where(i) for i in issues] == [
+        ("required_input_missing", "9", "images", None),
+        ("required_input_missing", "9", "filename_prefix", None),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,16 @@ durable. Results are recorded through :class:`bot.services.history.History` (ima
 content hash) in the same unit of work that marks the job done, then posted by the
 ``poster`` callback, and marked posted (:func:`db.jobs.mark_job_posted`).
 
-Posting happens after the result is stored and before it is marked posted: a crash
-between the two posts it again at the next start. Give the poster the job id as the
-message's nonce (Discord's ``enforce_nonce``) to make that repeat harmless.
+Posting happens after the result is stored and before it is marked posted. "Posting
+started" is committed before the send: after a crash between the send and the mark, the
+next start hands the poster the result with ``maybe_posted`` set, and the poster looks
+for the message it may have sent (the bot's reads the channel) and adopts it instead of
+sending again, however long the bot was down. The nonce (``easel-job-<id>``, Discord's
+``enforce_nonce``) only covers the minutes Discord remembers it.
+
+A job whose worker (or the whole process) dies while it runs waits again, at most
+``max_job_attempts`` starts in all: then it fails with a sentence saying why, and its
+user is told like for any failure.
 
 The package, by seam: :mod:`.service` (the service), :mod:`.store` (the runner's
 durable store callbacks and recovery), :mod:`.posting` (posting results),

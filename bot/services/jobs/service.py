@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,7 +20,14 @@ from bot.services.history import History
 from bot.services.jobs.errors import JobAlreadyFinished, JobNotFound, NotAllowed, QueueFull
 from bot.services.jobs.posting import ResultPosting
 from bot.services.jobs.store import DurableJobs
-from bot.services.jobs.values import JobInfo, Poster, RecoveryReport, Submission, job_info
+from bot.services.jobs.values import (
+    JobInfo,
+    Poster,
+    RecoveryReport,
+    StatusNotifier,
+    Submission,
+    job_info,
+)
 from db import audit as db_audit
 from db import jobs as db_jobs
 from db import queue as db_queue
@@ -58,6 +66,7 @@ class JobService(DurableJobs, ResultPosting):
         poster: Poster | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         backend: Any = None,
+        status_notifier: StatusNotifier | None = None,
     ):
         self.db = db
         self.settings = settings
@@ -65,6 +74,7 @@ class JobService(DurableJobs, ResultPosting):
         self.runner.store = self
         self.history = history
         self.poster = poster
+        self.status_notifier = status_notifier
         self.loop = loop
         self.backend = backend
         self._timings: collections.deque[float] = collections.deque(maxlen=20)
@@ -90,9 +100,11 @@ class JobService(DurableJobs, ResultPosting):
         runner = JobRunner(bus=bus, max_batch=settings.max_batch_jobs)
         backend = None
         if settings.backend == "ray":
-            from runner.jobs.ray_backend import RayBackend
+            # The Ray driver runs in a subprocess started again after the cluster's
+            # loss, so that the head's death neither ends nor wedges the bot.
+            from runner.jobs.backend_driver import DriverBackend
 
-            backend = RayBackend(
+            backend = DriverBackend(
                 settings,
                 address=settings.ray_address,
                 namespace=settings.ray_namespace,
@@ -138,6 +150,7 @@ class JobService(DurableJobs, ResultPosting):
         self._started = True
         for job_id in unposted:
             self._schedule_post(job_id)
+        self._schedule_status_notes([int(s.job_id) for s in jobs])
         if requeued or jobs:
             log.info(
                 "recovered %d waiting job(s), %d of them interrupted", len(jobs), len(requeued)
@@ -240,6 +253,27 @@ class JobService(DurableJobs, ResultPosting):
         position = self.runner.submit(spec)
         return Submission(
             job.id, prepared.generation_id, position, prepared.seed, self.estimate_wait(str(job.id))
+        )
+
+    def remember_status(
+        self,
+        job_id: int,
+        *,
+        token: str | None = None,
+        expires_at: datetime | None = None,
+        channel_id: int | None = None,
+        message_id: int | None = None,
+    ) -> None:
+        """Store where the job's private status shows (an interaction token valid until
+        ``expires_at``, or a reply message), so that after a restart the status can say
+        where the job went (:attr:`status_notifier`, and the poster)."""
+        self.db.run_sync(
+            db_jobs.remember_status,
+            job_id,
+            token=token,
+            expires_at=expires_at,
+            channel_id=channel_id,
+            message_id=message_id,
         )
 
     # Cancelling and admin -----------------------------------------------------------------

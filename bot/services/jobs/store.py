@@ -24,6 +24,7 @@ from db.errors import NotFound
 from db.models import Generation, Job, JobStatus
 from runner.errors import JobCancelled
 from runner.jobs import JobOutcome, JobSpec, make_job
+from runner.jobs.backend_driver import UNREACHABLE
 
 log = logging.getLogger("bot.services.jobs")
 
@@ -56,6 +57,13 @@ class DurableJobs:
     def _recover_tx(self, session: Session) -> tuple[list[int], list[JobSpec], list[int]]:
         requeued = []
         for job in db_jobs.list_jobs(session, statuses=[JobStatus.RUNNING]):
+            # The process died while the job ran: perhaps because of it (a plugin that
+            # exits, memory). Past the cap it fails instead of crash-looping the bot.
+            refusal = self._refusal(job, "the bot stopped while it ran")
+            if refusal is not None:
+                log.warning("job %s is not run again: %s", job.id, refusal)
+                db_jobs.move_job(session, job.id, JobStatus.FAILED, error=refusal)
+                continue
             db_jobs.move_job(session, job.id, JobStatus.QUEUED)
             requeued.append(job.id)
         waiting = sorted(
@@ -107,15 +115,37 @@ class DurableJobs:
         db_jobs.move_job(session, job_id, JobStatus.RUNNING, worker=worker)
         return True
 
-    def job_requeued(self, job: JobSpec, reason: str) -> None:
-        """The job's worker was lost: it waits again (its next start is another attempt)."""
-        self.db.run_sync(self._requeued_tx, int(job.job_id), reason)
+    def job_requeued(self, job: JobSpec, reason: str) -> str | None:
+        """The job's worker was lost: it waits again (its next start is another
+        attempt), unless it has started ``max_job_attempts`` times already: then the
+        sentence saying so is returned and the runner ends it as failed."""
+        return self.db.run_sync(self._requeued_tx, int(job.job_id), reason)
 
-    def _requeued_tx(self, session: Session, job_id: int, reason: str) -> None:
+    def _requeued_tx(self, session: Session, job_id: int, reason: str) -> str | None:
         job = db_jobs.get_job(session, job_id)
         if job.status.finished:
-            return
+            return None
+        if UNREACHABLE in reason:
+            # The whole cluster went away: not this job's doing, so not one of its attempts.
+            job.attempts = max(0, job.attempts - 1)
+        else:
+            refusal = self._refusal(job, reason)
+            if refusal is not None:
+                return refusal
         db_jobs.move_job(session, job_id, JobStatus.QUEUED, error=reason)
+        return None
+
+    def _refusal(self, job: Job, reason: str) -> str | None:
+        """Why ``job`` must not start again after its worker was lost (``reason``), or
+        None while it has attempts left."""
+        limit = int(getattr(self.settings, "max_job_attempts", 3) or 3)
+        if job.attempts < limit:
+            return None
+        times = "once" if job.attempts == 1 else f"{job.attempts} times"
+        return (
+            f"it was started {times} and each time its worker stopped before it finished "
+            f"(the last time: {reason.rstrip('.')}), so it is not tried again"
+        )
 
     def job_finished(self, job: JobSpec, outcome: JobOutcome) -> None:
         """Record the outcome (images by content hash, statuses) once, then post it."""

@@ -37,6 +37,19 @@ class JobResult:
     guild_id: int | None = None
     seed: int | None = None
     prompt: str = ""
+    post_started_at: datetime | None = None
+    """When an earlier try to post this result started (None if this is the first):
+    the message may exist already, so the poster looks for it before sending again."""
+    status_token: str | None = None
+    """The interaction token of the job's private status, while it is valid."""
+    status_channel_id: int | None = None
+    status_message_id: int | None = None
+    """The reply message that shows the job's status (reply-to-image), if any."""
+
+    @property
+    def maybe_posted(self) -> bool:
+        """Whether an earlier try may have posted this result (look before sending)."""
+        return self.post_started_at is not None
 
     @property
     def nonce(self) -> str:
@@ -76,10 +89,11 @@ class RecoveryReport:
 
 
 Poster = Callable[[JobResult], "int | None | Awaitable[int | None]"]
-
-
-Poster = Callable[[JobResult], "int | None | Awaitable[int | None]"]
 """Posts a job's result (sync or async); returns the message id, if any."""
+
+StatusNotifier = Callable[[JobResult], "None | Awaitable[None]"]
+"""Tells a job's private status (from a previous run) that the job is queued again
+after a restart; gets a :class:`JobResult` whose ``status`` is ``queued``."""
 
 
 def job_info(job: Job, position: int | None, estimated_wait_s: float | None = None) -> JobInfo:
@@ -101,4 +115,12 @@ def job_info(job: Job, position: int | None, estimated_wait_s: float | None = No
     )
 
 
-__all__ = ["JobInfo", "JobResult", "Poster", "RecoveryReport", "Submission", "job_info"]
+__all__ = [
+    "JobInfo",
+    "JobResult",
+    "Poster",
+    "RecoveryReport",
+    "StatusNotifier",
+    "Submission",
+    "job_info",
+]

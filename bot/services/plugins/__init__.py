@@ -28,6 +28,7 @@ from bot.services.plugins.errors import (
     PipTimedOut,
     PluginNotFound,
     PluginServiceError,
+    ShadowsEasel,
     SpecRefused,
 )
 from bot.services.plugins.pip import (
@@ -40,7 +41,12 @@ from bot.services.plugins.pip import (
 )
 from bot.services.plugins.removal import remove_distribution, remove_stale_versions
 from bot.services.plugins.results import InstallPlan, InstallResult, PackageChange, PluginStatus
-from bot.services.plugins.runtime import PluginRuntime, environment_with_plugins, start_plugins
+from bot.services.plugins.runtime import (
+    PluginRuntime,
+    environment_with_plugins,
+    start_plugins,
+    switched_off_plugins,
+)
 from bot.services.plugins.service import AUDIT_PREFIX, LOCAL_OPERATOR, PluginService
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "PluginServiceError",
     "PluginStatus",
     "REFUSALS",
+    "ShadowsEasel",
     "SpecRefused",
     "classify_spec",
     "environment_constraints",
@@ -73,5 +80,6 @@ __all__ = [
     "remove_stale_versions",
     "run_pip",
     "start_plugins",
+    "switched_off_plugins",
     "summarize_pip",
 ]

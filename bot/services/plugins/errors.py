@@ -76,6 +76,20 @@ class NotAPlugin(PluginServiceError):
         )
 
 
+class ShadowsEasel(PluginServiceError):
+    """A distribution ships top-level packages named like easel's own (``runner``, ``db``,
+    ``bot``, ``plugins``); it was removed again, nothing of it loaded."""
+
+    def __init__(self, distribution: str, names: list[str]):
+        self.distribution = distribution
+        self.names = sorted(names)
+        shown = ", ".join(f"'{n}'" for n in self.names)
+        super().__init__(
+            f"{distribution!r} ships top-level packages named like easel's own ({shown}); "
+            "it was refused and removed again"
+        )
+
+
 class PluginNotFound(PluginServiceError):
     """No plugin of that name is installed, dropped in or recorded."""
 
@@ -120,5 +134,6 @@ __all__ = [
     "PipTimedOut",
     "PluginNotFound",
     "PluginServiceError",
+    "ShadowsEasel",
     "SpecRefused",
 ]

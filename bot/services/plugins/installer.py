@@ -19,7 +19,19 @@ from bot.services.plugins import pip
 from bot.services.plugins.errors import PipTimedOut, SpecRefused
 from bot.services.plugins.removal import remove_stale_versions
 from bot.services.plugins.results import InstallPlan, PackageChange
-from runner.plugin_host import plugin_site_dirs
+from runner.plugin_host import normalize_name, plugin_site_dirs
+
+EASEL_PACKAGES = frozenset({"runner", "db", "bot", "plugins"})
+"""easel's own top-level packages: a plugin must not ship packages of these names."""
+
+
+def _top_level(parts: tuple[str, ...]) -> str:
+    """The top-level module a RECORD entry belongs to ("" for metadata and scripts)."""
+    if not parts or parts[0] in ("..", "") or parts[0].endswith((".dist-info", ".data")):
+        return ""
+    if len(parts) == 1:
+        return parts[0][:-3] if parts[0].endswith(".py") else ""
+    return parts[0]
 
 
 class PipInstaller:
@@ -71,10 +83,15 @@ class PipInstaller:
         """What pip would install for ``target`` (``pip install --dry-run --report -``);
         :class:`~bot.services.plugins.errors.PipFailed` or
         :class:`~bot.services.plugins.errors.PipTimedOut` when pip fails."""
+        # Not --quiet: pip says what a conflict is caused by only on its (info) output.
         with tempfile.TemporaryDirectory(prefix="easel-pip-") as tmp:
-            run = self.run(["--dry-run", "--quiet", "--report", "-", "--", target], spec, Path(tmp))
-        run.check(spec)
-        return InstallPlan(spec, pip.read_report(run.stdout, run, spec), run.warnings)
+            report_path = Path(tmp) / "report.json"
+            run = self.run(
+                ["--dry-run", "--report", str(report_path), "--", target], spec, Path(tmp)
+            )
+            run.check(spec)
+            report = report_path.read_text() if report_path.is_file() else ""
+        return InstallPlan(spec, pip.read_report(report, run, spec), run.warnings)
 
     def install(self, spec: str, target: str) -> tuple[tuple[PackageChange, ...], str]:
         """Install ``target``; the packages pip installed and its summary. Files an upgrade
@@ -88,6 +105,27 @@ class PipInstaller:
         for package in packages:
             remove_stale_versions(self.prefix, package.name, package.version)
         return packages, run.summary()
+
+    def shadowing(self, packages: tuple[PackageChange, ...]) -> dict[str, list[str]]:
+        """The packages just installed that ship top-level modules named like easel's own
+        (``runner``, ``db``, ``bot``, ``plugins``), by distribution, from their RECORD."""
+        import importlib.metadata
+
+        wanted = {p.name for p in packages}
+        found: dict[str, list[str]] = {}
+        paths = [str(p) for p in self.site_dirs if p.exists()]
+        for dist in importlib.metadata.distributions(path=paths):
+            try:
+                name = normalize_name(dist.metadata["Name"] or "")
+            except Exception:
+                continue
+            if name not in wanted or name in found:
+                continue
+            tops = {_top_level(f.parts) for f in dist.files or []}
+            clash = sorted(t for t in tops if t in EASEL_PACKAGES)
+            if clash:
+                found[name] = clash
+        return found
 
     def dropin_requirements(self, dropin_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         """pip-install the ``requirements.txt`` of each drop-in package in ``dropin_dir``

@@ -40,8 +40,11 @@ class PipRun:
         return "\n".join(part for part in (self.stdout, self.stderr) if part)
 
     def summary(self) -> str:
-        """The lines that matter, for an owner (see :func:`summarize_pip`)."""
-        return summarize_pip(self.output)
+        """The lines that matter, for an owner (see :func:`summarize_pip`): a dependency
+        conflict first, in words (:func:`explain_conflict`)."""
+        summary = summarize_pip(self.output)
+        conflict = explain_conflict(self.output)
+        return f"{conflict}\n{summary}" if conflict else summary
 
     @property
     def warnings(self) -> str:
@@ -82,6 +85,61 @@ def summarize_pip(output: str, *, max_lines: int = 12) -> str:
     if len(text) > MAX_SUMMARY_CHARS:
         text = text[: MAX_SUMMARY_CHARS - 1] + "…"
     return text
+
+
+_DEPENDS = re.compile(r"^\s*(?P<who>\S+ \S+) depends on (?P<req>.+?)\s*$")
+_REQUESTED = re.compile(r"^\s*The user requested (?P<constraint>\(constraint\) )?(?P<req>.+?)\s*$")
+
+
+def _wanted(text: str) -> tuple[str | None, str]:
+    """``(normalised name, "name 1.0" or "name<2")`` of a requirement pip printed."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return None, text
+    specs = list(requirement.specifier)
+    if len(specs) == 1 and specs[0].operator in ("==", "==="):
+        return normalize_name(requirement.name), f"{requirement.name} {specs[0].version}"
+    return normalize_name(requirement.name), f"{requirement.name}{requirement.specifier}"
+
+
+def explain_conflict(output: str) -> str | None:
+    """pip's "The conflict is caused by:" block in one sentence naming the packages, e.g.
+    ``dependency conflict: easel-plugin-x 0.1.0 wants torch 2.0.0, easel needs torch
+    2.13.0`` (the constraints are the bot's own packages); None when there is no block."""
+    lines = output.splitlines()
+    try:
+        start = next(
+            i for i, line in enumerate(lines) if line.startswith("The conflict is caused by")
+        )
+    except StopIteration:
+        return None
+    depends: list[tuple[str, str]] = []
+    pinned: dict[str, str] = {}
+    requested: list[str] = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        if match := _DEPENDS.match(line):
+            depends.append((match["who"], match["req"]))
+        elif match := _REQUESTED.match(line):
+            name, shown = _wanted(match["req"])
+            if match["constraint"] and name:
+                pinned[name] = shown
+            else:
+                requested.append(shown)
+    parts = []
+    for who, req in depends:
+        name, shown = _wanted(req)
+        if name in pinned:
+            parts.append(f"{who} wants {shown}, easel needs {pinned[name]}")
+    if not parts:  # a conflict among the plugin's own dependencies
+        parts = [f"{who} wants {_wanted(req)[1]}" for who, req in depends] + [
+            f"you asked for {r}" for r in requested
+        ]
+    return ("dependency conflict: " + "; ".join(parts)) if parts else None
 
 
 def run_pip(args: list[str], *, timeout_s: float, spec: str, cwd: Path | None = None) -> PipRun:
@@ -208,6 +266,7 @@ __all__ = [
     "PipRun",
     "classify_spec",
     "environment_constraints",
+    "explain_conflict",
     "packages_from_report",
     "read_report",
     "run_pip",

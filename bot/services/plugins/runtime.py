@@ -48,4 +48,15 @@ def environment_with_plugins(settings: Any, db: Database) -> PluginRuntime:
     return PluginRuntime(env, service, service.list_plugins(LOCAL_OPERATOR))
 
 
-__all__ = ["PluginRuntime", "environment_with_plugins", "start_plugins"]
+def switched_off_plugins(settings: Any) -> list[tuple[str, str]]:
+    """(distribution, reason) of every plugin easel switched off with a reason, read from
+    the database without migrating it (for ``easel doctor``; changes nothing)."""
+    from bot.services.database import open_database
+    from db import plugins as db_plugins
+
+    with open_database(settings, upgrade=False) as db:
+        rows = db.read_sync(db_plugins.list_plugins, enabled=False)
+        return [(row.distribution, row.error) for row in rows if row.error]
+
+
+__all__ = ["PluginRuntime", "environment_with_plugins", "start_plugins", "switched_off_plugins"]

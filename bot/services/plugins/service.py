@@ -35,6 +35,7 @@ from bot.services.plugins.errors import (
     PipFailed,
     PipTimedOut,
     PluginNotFound,
+    ShadowsEasel,
     SpecRefused,
 )
 from bot.services.plugins.installer import PipInstaller
@@ -44,6 +45,7 @@ from db import audit as db_audit
 from db import plugins as db_plugins
 from runner.plugin_host import (
     FAILED,
+    RAISED,
     PluginEvent,
     PluginHost,
     PluginHostError,
@@ -64,6 +66,10 @@ LOCAL_OPERATOR = 0
 
 AUDIT_PREFIX = "plugin."
 
+RAISED_QUIET_S = 600.0
+"""After telling the owners that a plugin's hook raised, the same plugin and hook raising
+again is not told again for this long (it is logged every time)."""
+
 
 class PluginService:
     """Plugin management for one process: the bot (with a :class:`PluginHost`, so changes
@@ -79,6 +85,9 @@ class PluginService:
         self.site_dirs = self.installer.site_dirs
         self.dropin_dir: Path = Path(settings.plugins_root)
         self._listeners: list[Callable[[PluginEvent], None]] = []
+        self._undelivered: list[PluginEvent] = []
+        """Events noticed before anyone listened (at start, before the bot's cogs exist)."""
+        self._last_raised: dict[str, float] = {}
         if host is not None:
             host.add_listener(self._on_host_event)
 
@@ -118,10 +127,40 @@ class PluginService:
 
     def add_listener(self, listener: Callable[[PluginEvent], None]) -> None:
         """Call ``listener(event)`` when the host switches a plugin off by itself
-        (``event.action == "failed"``), e.g. to tell the owners."""
+        (``event.action == "failed"``) or a moderation or deletion hook raises
+        (``"raised"``, at most once per plugin and hook in :data:`RAISED_QUIET_S`), e.g. to
+        tell the owners. Events noticed before the first listener (at start) go to it."""
         self._listeners.append(listener)
+        pending, self._undelivered = self._undelivered, []
+        for event in pending:
+            self._deliver(event)
+
+    def _deliver(self, event: PluginEvent) -> None:
+        if not self._listeners:
+            self._undelivered.append(event)
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("plugin listener failed on %s", event)
+
+    def _on_raised(self, event: PluginEvent) -> None:
+        """A propagating hook raised: the caller refused or withheld; owners get the details,
+        once per plugin and hook in a while (a broken checker raises on every request)."""
+        key = f"{event.name} {(event.reason or '').split(':', 1)[0]}"
+        now = time.monotonic()
+        last = self._last_raised.get(key)
+        if last is not None and now - last < RAISED_QUIET_S:
+            return
+        self._last_raised[key] = now
+        self._audit(LOCAL_OPERATOR, "raised", event.name, {"reason": event.reason, "by": "easel"})
+        self._deliver(event)
 
     def _on_host_event(self, event: PluginEvent) -> None:
+        if event.action == RAISED:
+            self._on_raised(event)
+            return
         if event.action != FAILED:
             return
         try:
@@ -130,11 +169,7 @@ class PluginService:
         except Exception:
             log.exception("could not record that plugin %s failed", event.name)
         self._audit(LOCAL_OPERATOR, "failed", event.name, {"reason": event.reason, "by": "easel"})
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("plugin listener failed on %s", event)
+        self._deliver(event)
 
     def _ensure_row(self, name: str, record: PluginRecord | PluginSource | None) -> None:
         if self.db.read_sync(db_plugins.get_plugin, name) is not None:
@@ -230,7 +265,26 @@ class PluginService:
     def plan_install(self, actor_id: int, spec: str) -> InstallPlan:
         """What pip would install for ``spec`` (``pip install --dry-run --report -``), for
         the confirmation step. Owners only; raises like :meth:`install`."""
-        return self.installer.plan(spec, self._prepare(actor_id, spec))
+        target = self._prepare(actor_id, spec)
+        try:
+            return self.installer.plan(spec, target)
+        except PipTimedOut as exc:
+            self._audit(
+                actor_id, "install", spec, {"ok": False, "stage": "plan", "error": str(exc)}
+            )
+            raise
+        except PipFailed as exc:
+            self._audit(
+                actor_id, "install", spec, {"ok": False, "stage": "plan", "pip": exc.summary}
+            )
+            raise
+
+    def decline_install(self, actor_id: int, spec: str) -> None:
+        """The owner answered "no" (or nothing) to the plan: nothing is installed; audited."""
+        self._require_owner(actor_id, "install", spec)
+        self._audit(
+            actor_id, "declined", spec, {"ok": False, "error": "declined at the confirmation"}
+        )
 
     def install(self, actor_id: int, spec: str) -> InstallResult:
         """Install ``spec`` with pip into the plugin packages folder, record it, and load it
@@ -261,6 +315,18 @@ class PluginService:
             self._audit(actor_id, "install", spec, {"ok": False, "pip": summary})
             raise PipFailed(spec, 0, f"pip installed nothing new for {spec!r}\n{summary}")
         name = requested.name
+        shadowing = self.installer.shadowing(packages)
+        if shadowing:
+            for package in sorted({name, *shadowing}):
+                remove_distribution(self.prefix, package)
+            names = sorted({n for clash in shadowing.values() for n in clash})
+            self._audit(
+                actor_id,
+                "install",
+                spec,
+                {"ok": False, "error": "ships easel's package names", "packages": shadowing},
+            )
+            raise ShadowsEasel(name if name in shadowing else ", ".join(sorted(shadowing)), names)
         source = self._discover().get(name)
         if source is None or source.kind != "distribution" or not source.entry_points:
             remove_distribution(self.prefix, name)

@@ -97,6 +97,7 @@ class PluginCog(commands.Cog):
         if plan is None:
             return
         if not await self._confirmed(interaction, texts.plan_text(plan), "Install"):
+            await asyncio.to_thread(self.service.decline_install, interaction.user.id, spec)
             await interaction.edit_original_response(content="Nothing was installed.", view=None)
             return
         await interaction.edit_original_response(content=f"Installing `{spec}`…", view=None)

@@ -63,5 +63,11 @@ def install_text(result: Any) -> str:
 
 
 def failure_text(event: Any) -> str:
-    """The message owners get when easel switches a plugin off by itself."""
+    """The message owners get when easel switches a plugin off by itself, or when a
+    moderation or deletion hook raised (the plugin stays on; users saw a neutral sentence)."""
+    if event.action == "raised":
+        return clip(
+            f"⚠️ Plugin **{event.name}** {event.reason}. The request it was checking was "
+            "refused or withheld; the plugin stays enabled (/plugin disable switches it off)."
+        )
     return clip(f"⚠️ Plugin **{event.name}** was disabled: {event.reason}. Jobs go on without it.")

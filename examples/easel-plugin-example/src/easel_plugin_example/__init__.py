@@ -21,7 +21,8 @@ __version__ = "0.1.0"
     inputs=[
         Input("image", T.IMAGE),
         Input("strength", T.FLOAT, default=0.5, min=0.0, max=1.0, step=0.01),
-        Input("radius", T.FLOAT, default=0.8, min=0.1, max=2.0, step=0.01),
+        # Optional: a workflow may leave it out and get 0.8 (a required input must be given).
+        Input("radius", T.FLOAT, default=0.8, min=0.1, max=2.0, step=0.01, required=False),
     ],
     outputs=(T.IMAGE,),
     category="image/postprocessing",
