@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import logging
 import sys
 import threading
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from runner.files import write_atomic
 from runner.plugin_host.breadcrumbs import FOLDER as CRUMB_FOLDER
 from runner.plugin_host.breadcrumbs import Breadcrumbs
 from runner.plugin_host.breadcrumbs import forget as forget_crumb
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
     from runner.environment import Environment
 
 log = logging.getLogger(__name__)
+
+PROVIDED_FILE = "plugin-node-types.json"
+"""In the data folder: the node types each plugin provided when it was last enabled."""
 
 
 class PluginHost:
@@ -113,8 +118,10 @@ class PluginHost:
         self._listeners: list[Callable[[PluginEvent], None]] = []
         self._added_paths: list[str] = []
         self._loaded_before: set[str] = set()
-        self._provided_by: dict[str, set[str]] = {}
-        """The node types each plugin provided when it was last enabled in this process."""
+        self._provided_file = Path(data_dir) / PROVIDED_FILE if data_dir else None
+        self._provided_by: dict[str, set[str]] = self._read_provided()
+        """The node types each plugin provided when it was last enabled (kept in the data
+        folder, so that after a restart a disabled plugin's nodes still name it)."""
         for path in self.package_dirs:
             if str(path) not in sys.path:
                 sys.path.append(str(path))
@@ -439,6 +446,7 @@ class PluginHost:
             record.status = DISABLED
             self._records.pop(record.name, None)
             self._provided_by.pop(record.name, None)  # its files go: nothing to enable
+            self._save_provided()
             self._note_switched_off_nodes()
             self._events.append(PluginEvent(record.name, "unloaded"))
         return record
@@ -484,7 +492,7 @@ class PluginHost:
         gone = {}
         for name, node_types in self._provided_by.items():
             record = self._records.get(name)
-            if record is not None and record.status == ENABLED:
+            if record is None or record.status == ENABLED:  # not on disk, or on: no hint
                 continue
             for node_type in node_types:
                 if node_type not in self.env.node_types:
@@ -496,7 +504,28 @@ class PluginHost:
             record.node_types, record.templates = provided_names(self.env, record.name)
             if record.status == ENABLED and record.node_types:
                 self._provided_by[record.name] = set(record.node_types)
+        self._save_provided()
         self._note_switched_off_nodes()
+
+    def _read_provided(self) -> dict[str, set[str]]:
+        """What :meth:`_save_provided` wrote; an unreadable file is ignored (it is a hint)."""
+        if self._provided_file is None or not self._provided_file.is_file():
+            return {}
+        try:
+            data = json.loads(self._provided_file.read_text(encoding="utf-8"))
+            return {str(k): {str(t) for t in v} for k, v in dict(data).items()}
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring %s: %s", self._provided_file, exc)
+            return {}
+
+    def _save_provided(self) -> None:
+        if self._provided_file is None:
+            return
+        data = {k: sorted(v) for k, v in sorted(self._provided_by.items())}
+        try:
+            write_atomic(self._provided_file, json.dumps(data, indent=1).encode("utf-8"))
+        except OSError as exc:  # a read-only data folder must not stop plugins loading
+            log.warning("could not write %s: %s", self._provided_file, exc)
 
     def refresh(self) -> None:
         """Collect node types and templates again from every registered plugin."""

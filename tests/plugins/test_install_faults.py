@@ -170,3 +170,23 @@ def test_a_workflow_using_a_disabled_plugins_node_says_which_to_enable(
     assert env.run(workflow).images
     with pytest.raises(WorkflowInvalid, match="`easel nodes` lists"):
         env.run({**workflow, "40": {"class_type": "Nowhere", "inputs": {"image": ["8", 0]}}})
+
+
+def test_a_disabled_plugins_node_still_names_it_after_a_restart(
+    plugin_settings, database, make_runtime
+):
+    from plugin_testlib import tiny_workflow
+
+    write_dropin(plugin_settings, "mirror", NODE_PLUGIN)
+    first = make_runtime()
+    workflow = tiny_workflow(first.env)
+    workflow["40"] = {"class_type": "Mirror", "inputs": {"image": ["8", 0]}}
+    workflow["9"]["inputs"]["images"] = ["40", 0]
+    assert first.env.run(workflow).images
+    first.service.disable(OWNER, "mirror")
+    first.close()
+
+    restarted = make_runtime()  # a new "bot process": mirror stays disabled, never imported
+    assert "Mirror" not in restarted.env.node_types
+    with pytest.raises(WorkflowInvalid, match="plugin 'mirror', which is disabled"):
+        restarted.env.run(workflow)

@@ -14,6 +14,10 @@ hook) is recorded here and reported to this service's listeners (the bot tells t
 Only owners (``owner_ids``) may act; the command line acts as :data:`LOCAL_OPERATOR`, who
 has the machine's shell anyway. Every action, refusals included, is written to the audit
 log. Every method blocks (pip, imports): the bot calls them with ``asyncio.to_thread``.
+
+(Longer than most modules on purpose: it is the one place where an owner's action, its
+audit entry, the database row and the host's state change together; pip, RECORD removal,
+errors and result types already live in sibling modules.)
 """
 
 from __future__ import annotations
