@@ -10,7 +10,7 @@ import discord
 
 from bot.discord import context, render
 from bot.discord.errors import reported
-from bot.discord.reporting import InteractionStatus
+from bot.discord.status import InteractionStatus
 from bot.discord.views import RemixModal, ReuseSeedModal
 from bot.services.parsing import ParseError, parse_prompt
 

@@ -25,16 +25,19 @@ Two paths meet here:
 
 Results are channel messages, so jobs longer than an interaction token's 15 minutes
 still land.
+
+This module holds the :class:`Reporter` and the filter of one job's events
+(:func:`job_events`); the status messages and their texts are in
+:mod:`bot.discord.status`, sending a result in :mod:`bot.discord.posting`, and finding
+what an earlier run posted or left in :mod:`bot.discord.recovery`. Their public names
+stay importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import io
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,158 +45,44 @@ from typing import Any
 
 import discord
 
-from bot.discord import render
-from bot.discord.errors import friendly, sentence
-from bot.discord.views import result_view
-from bot.services.errors import NotFound
-from bot.services.generation import Destination, Submission, Ticket, result_parameters
+from bot.discord import posting, recovery, render
+from bot.discord.errors import friendly
+from bot.discord.recovery import LOOK_BACK, LOOK_LIMIT, is_post_of
+from bot.discord.status import (
+    TOKEN_LIFETIME,
+    InteractionStatus,
+    MessageStatus,
+    Status,
+    ended_text,
+    failure_sentence,
+    notice_name,
+    preview_file,
+)
+from bot.services.generation import Destination, Submission, Ticket
 from bot.services.jobs import JobResult
 from runner import events as ev
 from runner.jobs import Subscription, throttled
 from runner.jobs.backend_driver import UNREACHABLE
 
+__all__ = [
+    "LOOK_BACK",
+    "LOOK_LIMIT",
+    "OTHER_JOB_MOVES",
+    "SHOWN",
+    "TOKEN_LIFETIME",
+    "InteractionStatus",
+    "Live",
+    "MessageStatus",
+    "Reporter",
+    "Status",
+    "ended_text",
+    "failure_sentence",
+    "is_post_of",
+    "job_events",
+    "notice_name",
+]
+
 log = logging.getLogger(__name__)
-
-
-class Status:
-    """A message that shows one job's state, edited in place, at most once per
-    ``interval`` seconds for progress; final texts always go through."""
-
-    def __init__(self, interval: float = 1.5):
-        self.interval = interval
-        self._lock = asyncio.Lock()
-        self._last = 0.0
-        self._closed = False
-        self._shown: str | None = None
-
-    async def _edit(self, text: str, file: discord.File | None = None) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    async def update(
-        self, text: str, *, progress: bool = False, file: discord.File | None = None
-    ) -> None:
-        """Show ``text``; progress updates inside the interval are dropped."""
-        if self._closed or (text == self._shown and file is None):
-            return
-        now = time.monotonic()
-        if progress and now - self._last < self.interval:
-            return
-        self._last = now
-        async with self._lock:
-            if self._closed:
-                return
-            self._shown = text
-            try:
-                await self._edit(text, file)
-            except discord.HTTPException as exc:  # e.g. the interaction token expired
-                log.info("could not update a status message: %s", exc)
-
-    async def close(self, text: str) -> None:
-        """Show the final ``text``; later updates are ignored."""
-        async with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                await self._edit(text, None)
-            except discord.HTTPException as exc:
-                log.info("could not update a status message: %s", exc)
-
-    async def fallback_send(self, **kwargs: Any) -> discord.Message | None:
-        """Post a result here when the channel refuses it (None when impossible)."""
-        return None
-
-    def where(self) -> dict[str, Any] | None:
-        """How to find this status again after a restart (for
-        :meth:`bot.services.jobs.JobService.remember_status`), or None."""
-        return None
-
-
-class InteractionStatus(Status):
-    """The deferred response of an interaction (ephemeral when deferred so)."""
-
-    def __init__(self, interaction: discord.Interaction, interval: float = 1.5):
-        super().__init__(interval)
-        self.interaction = interaction
-
-    async def _edit(self, text: str, file: discord.File | None = None) -> None:
-        kwargs: dict[str, Any] = {"content": text}
-        kwargs["attachments"] = [file] if file is not None else []
-        await self.interaction.edit_original_response(**kwargs)
-
-    async def fallback_send(self, **kwargs: Any) -> discord.Message | None:
-        kwargs.pop("allowed_mentions", None)
-        return await self.interaction.followup.send(wait=True, **kwargs)
-
-    def where(self) -> dict[str, Any] | None:
-        token = getattr(self.interaction, "token", None)
-        created = getattr(self.interaction, "created_at", None)
-        if not token or created is None:
-            return None
-        return {"token": token, "expires_at": created + TOKEN_LIFETIME}
-
-
-class MessageStatus(Status):
-    """A bot message replying to the user's message (reply-to-image)."""
-
-    def __init__(self, message: discord.Message, interval: float = 1.5):
-        super().__init__(interval)
-        self.message = message
-
-    async def _edit(self, text: str, file: discord.File | None = None) -> None:
-        await self.message.edit(content=text, attachments=[file] if file is not None else [])
-
-    def where(self) -> dict[str, Any] | None:
-        channel = getattr(self.message, "channel", None)
-        if channel is None or getattr(self.message, "id", None) is None:
-            return None
-        return {"channel_id": channel.id, "message_id": self.message.id}
-
-
-TOKEN_LIFETIME = datetime.timedelta(minutes=14)
-"""How long a stored interaction token is used: Discord's 15 minutes, less a margin."""
-
-LOOK_BACK = datetime.timedelta(minutes=2)
-"""How far before "posting started" a restart looks for a result it may have posted
-(clocks of the bot and Discord differ a little)."""
-
-LOOK_LIMIT = 500
-"""At most this many channel messages are read looking for one result."""
-
-
-def is_post_of(message: Any, result: JobResult, bot_id: int | None) -> bool:
-    """Whether ``message`` is the bot's post of ``result``: its nonce as Discord hands
-    it back (only shortly after the send), the result buttons' custom ids (which carry
-    the generation id), or a notice naming the user and the job."""
-    if bot_id is not None and getattr(getattr(message, "author", None), "id", None) != bot_id:
-        return False
-    nonce = getattr(message, "nonce", None)
-    if nonce is not None and str(nonce) == result.nonce:
-        return True
-    if result.generation_id is not None:
-        pattern = re.compile(rf"easel:[a-z]+:{result.generation_id}(:\d+)?")
-        for row in getattr(message, "components", None) or []:
-            for item in getattr(row, "children", None) or [row]:
-                if pattern.fullmatch(getattr(item, "custom_id", None) or ""):
-                    return True
-    content = getattr(message, "content", "") or ""
-    if result.status != "done" and content.startswith(f"<@{result.user_id}>"):
-        return f"({notice_name(result)}):" in content
-    return False
-
-
-def notice_name(result: JobResult) -> str:
-    """How a notice names its job: ``#generation`` or ``job N``."""
-    return f"#{result.generation_id}" if result.generation_id else f"job {result.job_id}"
-
-
-def _preview_file(event: ev.Progress) -> discord.File | None:
-    if event.preview is None:
-        return None
-    buf = io.BytesIO()
-    event.preview.convert("RGB").save(buf, format="JPEG", quality=70)
-    buf.seek(0)
-    return discord.File(buf, filename="preview.jpg")
 
 
 OTHER_JOB_MOVES = frozenset({"queued", "started", "job_ended", "job_requeued"})
@@ -258,27 +147,6 @@ class Live:
     posted: asyncio.Future = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-def ended_text(result: JobResult, message: discord.Message | None) -> str:
-    """The status's last words for a job that ended."""
-    if result.status == "done":
-        if message is None:
-            return f"⚠️ The image was made (#{result.generation_id}) but could not be posted here."
-        return f"✅ Done: {message.jump_url}"
-    if result.status == "cancelled":
-        reason = result.error or ""
-        if reason and reason not in ("cancelled", "cancelled while waiting"):
-            return f"🛑 Cancelled: {reason}."
-        return "🛑 Cancelled."
-    return f"⚠️ {failure_sentence(result.error)}"
-
-
-def failure_sentence(error: str | None) -> str:
-    """One sentence for a failed job's error."""
-    if not error:
-        return "The generation failed; the details are in the bot's log."
-    return sentence(f"The generation failed: {error}")
 
 
 class Reporter:
@@ -401,7 +269,7 @@ class Reporter:
                     # Already throttled: every progress event that comes through is shown.
                     last = event
                     await status.update(
-                        render.progress_text(event.step, event.total), file=_preview_file(event)
+                        render.progress_text(event.step, event.total), file=preview_file(event)
                     )
                 elif isinstance(event, ev.Finished) and last is not None:
                     # The last steps may have been held back by the throttle: all are done.
@@ -420,7 +288,7 @@ class Reporter:
             if result.maybe_posted:
                 # An earlier try may have sent it (the bot died before recording that):
                 # adopt that message rather than send a second one.
-                message = await self._find_posted(result)
+                message = await recovery.find_posted(self.bot, result)
                 if message is not None:
                     log.warning(
                         "job %s was posted before the restart (message %s); not posted again",
@@ -428,11 +296,11 @@ class Reporter:
                         message.id,
                     )
             if message is None:
-                message = await self._deliver(result, live)
+                message = await posting.deliver(self.bot, result, live)
             if message is not None and result.status == "done" and result.generation_id:
                 # Linked before the job is marked posted, so a reply or a button on the
                 # message finds its generation as soon as the job reads as posted.
-                await self._link(result, message)
+                await posting.link(self.bot, result, message)
         except BaseException as exc:
             if live is not None and not live.posted.done():
                 live.posted.set_exception(exc)
@@ -440,66 +308,19 @@ class Reporter:
         if live is not None and not live.posted.done():
             live.posted.set_result((result, message))
         elif live is None:
-            await self._tell_old_status(result, ended_text(result, message))
+            await recovery.tell_old_status(self.bot, result, ended_text(result, message))
         return message.id if message is not None else None
 
     async def resumed(self, result: JobResult) -> None:
         """The job service's status notifier: a job of the last run is queued again
         after a restart; its old status (which still says "Queued" or shows progress)
         says so."""
-        await self._tell_old_status(
+        await recovery.tell_old_status(
+            self.bot,
             result,
             f"🔄 The bot restarted; job #{result.job_id} is queued again and runs from the "
             "start. Its result is posted in this channel.",
         )
-
-    async def _tell_old_status(self, result: JobResult, text: str) -> None:
-        """Edit a status left from an earlier run (stored interaction token while valid,
-        or the reply message); nothing when none is known."""
-        try:
-            if result.status_token and self.bot.application_id:
-                webhook = discord.Webhook.partial(
-                    self.bot.application_id, result.status_token, client=self.bot
-                )
-                await webhook.edit_message("@original", content=text, attachments=[])
-            elif result.status_message_id and result.status_channel_id:
-                await (
-                    self.bot.get_partial_messageable(result.status_channel_id)
-                    .get_partial_message(result.status_message_id)
-                    .edit(content=text, attachments=[])
-                )
-        except discord.HTTPException as exc:
-            log.info("could not update the old status of job %s: %s", result.job_id, exc)
-
-    async def _find_posted(self, result: JobResult) -> discord.Message | None:
-        """The bot's message of ``result`` in its channel, if an earlier try sent it:
-        the channel's messages since shortly before that try are read, oldest first."""
-        if result.channel_id is None or result.post_started_at is None:
-            return None
-        channel = self.bot.get_channel(result.channel_id) or self.bot.get_partial_messageable(
-            result.channel_id, guild_id=result.guild_id
-        )
-        bot_id = self.bot.user.id if self.bot.user is not None else None
-        after = result.post_started_at - LOOK_BACK
-        if after.tzinfo is None:
-            after = after.replace(tzinfo=datetime.UTC)
-        async for message in channel.history(limit=LOOK_LIMIT, after=after, oldest_first=True):
-            if is_post_of(message, result, bot_id):
-                return message
-        return None
-
-    async def _link(self, result: JobResult, message: discord.Message) -> None:
-        channel_id = getattr(getattr(message, "channel", None), "id", None) or result.channel_id
-        try:
-            await asyncio.to_thread(
-                self.bot.generations.history.set_message,
-                result.generation_id,
-                message_id=message.id,
-                channel_id=channel_id,
-                guild_id=result.guild_id,
-            )
-        except NotFound:  # deleted meanwhile
-            pass
 
     async def _live_for(self, job_id: int) -> Live | None:
         live = self._live.get(job_id)
@@ -510,106 +331,3 @@ class Reporter:
             await asyncio.sleep(0.02)
             live = self._live.get(job_id)
         return live
-
-    def _destination(self, result: JobResult, live: Live | None) -> Destination:
-        if live is not None:
-            return live.dest
-        channel = self.bot.get_channel(result.channel_id) if result.channel_id else None
-        from bot.discord.context import is_nsfw_channel
-
-        return Destination(
-            user_id=result.user_id,
-            channel_id=result.channel_id,
-            guild_id=result.guild_id,
-            nsfw_allowed=is_nsfw_channel(channel),
-        )
-
-    def _upload_limit(self, result: JobResult, live: Live | None) -> int:
-        if live is not None:
-            return live.upload_limit
-        guild = self.bot.get_guild(result.guild_id) if result.guild_id else None
-        return guild.filesize_limit if guild is not None else render.DEFAULT_UPLOAD_LIMIT
-
-    async def _deliver(self, result: JobResult, live: Live | None) -> discord.Message | None:
-        if result.status == "done":
-            return await self._post_images(result, live)
-        if live is not None:
-            return None  # the status says how it ended
-        if result.status == "failed":
-            text = f"⚠️ {failure_sentence(result.error)}"
-        elif result.error and "cleared" in result.error:
-            text = f"🛑 Cancelled: {result.error}."
-        else:
-            return None
-        name = notice_name(result)
-        content = f"<@{result.user_id}> {render.escape(result.prompt[:100])} ({name}): {text}"
-        return await self._send(result, live, {"content": content[: render.MAX_CONTENT]})
-
-    async def _post_images(self, result: JobResult, live: Live | None) -> discord.Message | None:
-        settings = self.bot.settings
-        generations = self.bot.generations
-        try:
-            generation = await generations.generation(result.generation_id)
-        except NotFound:  # deleted meanwhile: nothing to show
-            return None
-        dest = self._destination(result, live)
-        flagged = await asyncio.to_thread(generations.check_outputs, generation, dest)
-        outputs = sorted(generation.outputs, key=lambda o: o.index)
-        notes: list[str] = []
-        shown, spoiler = [], False
-        for output, reason in zip(outputs, flagged, strict=True):
-            if reason and settings.safety == "refuse":
-                continue
-            spoiler = spoiler or bool(reason)
-            shown.append(settings.data_dir / output.path)
-        withheld = len(outputs) - len(shown)
-        if withheld:
-            notes.append(f"{withheld} image(s) withheld by the safety check.")
-        elif spoiler:
-            notes.append("Marked as a spoiler by the safety check.")
-        prepared = await asyncio.to_thread(
-            render.fit_images,
-            shown,
-            self._upload_limit(result, live),
-            stem=f"easel_{generation.id}",
-        )
-        if prepared.note:
-            notes.append(prepared.note)
-        content = render.result_content(
-            f"<@{result.user_id}>", result_parameters(generation), generation.id, notes
-        )
-
-        def kwargs() -> dict[str, Any]:
-            return {
-                "content": content,
-                "files": render.to_discord_files(prepared, spoiler=spoiler),
-                "view": result_view(generation.id, len(prepared.files) or 1),
-            }
-
-        return await self._send(result, live, kwargs)
-
-    async def _send(
-        self, result: JobResult, live: Live | None, kwargs: Any
-    ) -> discord.Message | None:
-        """A channel message mentioning the user, with the job's nonce (enforced, so a
-        repeat after a crash returns the first message); the status's fallback (an
-        interaction follow-up) when the channel refuses."""
-        make = kwargs if callable(kwargs) else (lambda: dict(kwargs))
-        mentions = discord.AllowedMentions(
-            users=[discord.Object(result.user_id)], roles=False, everyone=False
-        )
-        if result.channel_id is not None:
-            channel = self.bot.get_channel(result.channel_id) or self.bot.get_partial_messageable(
-                result.channel_id, guild_id=result.guild_id
-            )
-            try:
-                return await channel.send(**make(), allowed_mentions=mentions, nonce=result.nonce)
-            except discord.HTTPException as exc:
-                log.warning(
-                    "could not post job %s in channel %s: %s", result.job_id, result.channel_id, exc
-                )
-                if live is None and not isinstance(exc, discord.Forbidden | discord.NotFound):
-                    raise  # perhaps passing: posted again at the next start
-        if live is not None:
-            return await live.status.fallback_send(**make())
-        return None

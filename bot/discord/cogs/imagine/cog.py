@@ -16,7 +16,7 @@ from bot.discord.cogs.imagine.complete import (
     complete_size,
 )
 from bot.discord.errors import reported
-from bot.discord.reporting import InteractionStatus
+from bot.discord.status import InteractionStatus
 
 ASPECTS = ["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9", "9:21"]
 

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.discord import context
 from bot.discord.errors import reported
-from bot.discord.reporting import MessageStatus
+from bot.discord.status import MessageStatus
 
 log = logging.getLogger(__name__)
 
