@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from runner import Input, hookimpl, node
 from runner import types as T
 from runner.context import NodeContext
-from runner.models.manager import safe_relative_name
+from runner.models.listing import safe_relative_name
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -30,7 +30,8 @@ from runner.jobs.events import (
     throttled,
 )
 from runner.jobs.queue import FairQueue, fair_order
-from runner.jobs.scheduler import JobRunner, JobStore, MemoryStore, RunningJob
+from runner.jobs.scheduler import JobRunner
+from runner.jobs.slots import RunningJob
 from runner.jobs.spec import (
     CANCELLED,
     DONE,
@@ -43,6 +44,7 @@ from runner.jobs.spec import (
     workflow_resources,
     workflow_steps,
 )
+from runner.jobs.store import JobStore, MemoryStore
 from runner.jobs.worker import LocalWorker, Worker, call_job_hook, local_workers
 
 __all__ = [

@@ -11,8 +11,9 @@ from typing import Any
 from runner.errors import JobCancelled
 from runner.files import write_atomic
 from runner.jobs.errors import RemoteJobFailed
-from runner.jobs.scheduler import JobRunner, MemoryStore
+from runner.jobs.scheduler import JobRunner
 from runner.jobs.spec import make_job
+from runner.jobs.store import MemoryStore
 
 JOB_ID = "cli"
 

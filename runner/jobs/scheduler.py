@@ -2,7 +2,9 @@
 
 It knows nothing of databases. Whoever keeps jobs durable (the bot's job service)
 passes a :class:`JobStore`; the runner tells it when a job starts, ends or goes back to
-the queue, and asks it before starting a job whether it still should.
+the queue, and asks it before starting a job whether it still should. The stores live in
+:mod:`runner.jobs.store`, the bookkeeping of workers and running jobs in
+:mod:`runner.jobs.slots`; both are importable from here as before.
 """
 
 from __future__ import annotations
@@ -11,93 +13,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from runner import events as ev
 from runner.context import CancelToken
 from runner.jobs.errors import RunnerStopped, UnknownJob, WorkerLost
 from runner.jobs.events import EventBus, JobEnded, JobRequeued
 from runner.jobs.queue import FairQueue
+from runner.jobs.slots import RunningJob, WorkerSlot, choose_slot
 from runner.jobs.spec import CANCELLED, FAILED, JobOutcome, JobSpec
+from runner.jobs.store import JobStore, MemoryStore
 from runner.jobs.worker import Worker
 
+__all__ = ["JobRunner", "JobStore", "MemoryStore", "RunningJob"]
+
 log = logging.getLogger(__name__)
-
-
-class JobStore(Protocol):
-    """Where the runner reports what happens to jobs (a database, a file, memory).
-
-    Called on worker threads (never on an asyncio loop), so implementations may block
-    briefly on I/O.
-    """
-
-    def job_started(self, job: JobSpec, worker: str) -> bool:
-        """A worker is about to run ``job``; return False to skip it (e.g. it was
-        cancelled elsewhere meanwhile)."""
-        ...
-
-    def job_finished(self, job: JobSpec, outcome: JobOutcome) -> None:
-        """``job`` ended (done, failed, or cancelled, waiting or running)."""
-        ...
-
-    def job_requeued(self, job: JobSpec, reason: str) -> str | None:
-        """``job``'s worker was lost: record that it waits again and return None, or
-        return one sentence saying why it must not run again (it was tried too often);
-        the runner then ends it as failed with that sentence."""
-        ...
-
-
-class MemoryStore:
-    """A :class:`JobStore` that keeps outcomes in memory (the command line, tests)."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, JobOutcome] = {}
-        self.starts: dict[str, list[str]] = {}
-        self.requeues: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
-
-    def job_started(self, job: JobSpec, worker: str) -> bool:
-        with self._lock:
-            self.starts.setdefault(job.job_id, []).append(worker)
-        return True
-
-    def job_finished(self, job: JobSpec, outcome: JobOutcome) -> None:
-        with self._lock:
-            if job.job_id in self.outcomes:
-                raise RuntimeError(f"job {job.job_id!r} finished twice")
-            self.outcomes[job.job_id] = outcome
-
-    def job_requeued(self, job: JobSpec, reason: str) -> str | None:
-        with self._lock:
-            self.requeues.setdefault(job.job_id, []).append(reason)
-        return None
-
-
-@dataclass
-class RunningJob:
-    """A job a worker is running."""
-
-    job: JobSpec
-    worker: str
-    token: CancelToken
-    batch_size: int = 1
-    started_at: float = field(default_factory=time.time)
-    step: int = 0
-    total: int = 0
-
-
-class _Slot:
-    def __init__(self, worker: Worker, index: int):
-        self.worker = worker
-        self.index = index
-        self.removed = False
-        self.busy = False
-        self.thread: threading.Thread | None = None
-
-    @property
-    def name(self) -> str:
-        return self.worker.name
 
 
 class JobRunner:
@@ -123,8 +52,8 @@ class JobRunner:
         self.max_batch = max_batch
         self.queue = FairQueue()
         self._cond = threading.Condition(threading.RLock())
-        self._slots: list[_Slot] = []
-        self._idle: list[_Slot] = []
+        self._slots: list[WorkerSlot] = []
+        self._idle: list[WorkerSlot] = []
         self._running: dict[str, RunningJob] = {}
         self._paused = paused
         self._started = False
@@ -179,7 +108,7 @@ class JobRunner:
         """Add a worker (a Ray actor that joined, say); it starts taking jobs at once."""
         with self._cond:
             self._slot_counter += 1
-            slot = _Slot(worker, self._slot_counter)
+            slot = WorkerSlot(worker, self._slot_counter)
             self._slots.append(slot)
             if self._started and not self._stopping:
                 self._start_slot(slot)
@@ -200,7 +129,7 @@ class JobRunner:
         with self._cond:
             return [s.worker for s in self._slots]
 
-    def _start_slot(self, slot: _Slot) -> None:
+    def _start_slot(self, slot: WorkerSlot) -> None:
         if slot.thread is None:
             slot.thread = threading.Thread(
                 target=self._slot_loop, args=(slot,), name=f"easel-worker-{slot.name}", daemon=True
@@ -333,17 +262,7 @@ class JobRunner:
             return True
 
     # Worker threads ---------------------------------------------------------------------
-    def _choose(self, head: JobSpec) -> _Slot:
-        def score(slot: _Slot) -> tuple[int, int]:
-            try:
-                affinity = slot.worker.affinity(head)
-            except Exception:
-                affinity = 0
-            return (affinity, -slot.index)
-
-        return max(self._idle, key=score)
-
-    def _next_batch(self, slot: _Slot) -> list[JobSpec] | None:
+    def _next_batch(self, slot: WorkerSlot) -> list[JobSpec] | None:
         with self._cond:
             self._idle.append(slot)
             try:
@@ -352,7 +271,7 @@ class JobRunner:
                         return None
                     head = None if self._paused else self.queue.peek()
                     if head is not None:
-                        if self._choose(head) is slot:
+                        if choose_slot(self._idle, head) is slot:
                             batch = self.queue.take_batch(self.max_batch, job_id=head.job_id)
                             for job in batch:
                                 self._running[job.job_id] = RunningJob(
@@ -364,7 +283,7 @@ class JobRunner:
             finally:
                 self._idle.remove(slot)
 
-    def _slot_loop(self, slot: _Slot) -> None:
+    def _slot_loop(self, slot: WorkerSlot) -> None:
         while True:
             batch = self._next_batch(slot)
             if batch is None:
@@ -379,7 +298,7 @@ class JobRunner:
             if lost:
                 return
 
-    def _execute(self, slot: _Slot, batch: list[JobSpec]) -> bool:
+    def _execute(self, slot: WorkerSlot, batch: list[JobSpec]) -> bool:
         """Run one batch on ``slot``; True when the worker was lost."""
         started: list[JobSpec] = []
         for job in batch:

@@ -6,29 +6,34 @@ ComfyUI's layout; a Hugging Face repo id (``org/name``) when hub downloads are a
 Weights load from safetensors only: pickle formats are refused before any byte is read
 (:mod:`runner.files`). :meth:`ModelManager.family` and :meth:`ModelManager.native_size`
 answer for a name without loading it (:mod:`runner.models.families`); a loaded model is a
-:class:`~runner.models.checkpoint.Checkpoint`.
+:class:`~runner.models.checkpoint.Checkpoint`. Listing the models folders (and the header
+checks and symbolic-link rules that leave files out) is :mod:`runner.models.listing`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from runner.errors import ModelError
-from runner.files import PICKLE_SUFFIXES, read_safetensors_header, refuse_pickle, safe_relative_path
+from runner.files import refuse_pickle
 from runner.models import families
 from runner.models.checkpoint import Checkpoint
 from runner.models.device import memory_budget_bytes, pick_device, pick_dtype
+from runner.models.listing import (
+    CHECKPOINT_FOLDERS,
+    LORA_FOLDERS,
+    ModelListing,
+    SkippedModel,
+    safe_relative_name,
+)
 from runner.models.tiny import TINY_NAME, tiny_model_dir
 from runner.settings import EngineSettings
 
@@ -37,34 +42,28 @@ log = logging.getLogger(__name__)
 TINY_FAMILY = "sd1"
 """The built-in ``tiny-random`` model is a (tiny) SD1."""
 
-CHECKPOINT_FOLDERS = ("checkpoints", "diffusers")
-LORA_FOLDERS = ("loras",)
+
+__all__ = [
+    "CHECKPOINT_FOLDERS",
+    "LORA_FOLDERS",
+    "TINY_FAMILY",
+    "Checkpoint",
+    "ModelManager",
+    "SkippedModel",
+    "safe_relative_name",
+]
 
 
-@dataclass(frozen=True)
-class SkippedModel:
-    """A file or folder in a models folder that is left out of the lists, and why."""
+class ModelManager(ModelListing):
+    """Resolves names, loads checkpoints and keeps them in an LRU cache under a memory budget.
 
-    kind: str
-    """``checkpoint`` or ``lora``."""
-    name: str
-    """The name it would have (its path relative to ``checkpoints/``, ``loras/``...)."""
-    path: Path
-    reason: str
-    """One sentence naming the file and what is wrong with it."""
-
-
-def safe_relative_name(name: str) -> PurePosixPath:
-    """A model name as a relative path inside a models folder
-    (:func:`runner.files.safe_relative_path`); refuses absolute paths and ``..``."""
-    return safe_relative_path(name, what="model name", folder="the models folder")
-
-
-class ModelManager:
-    """Resolves names, loads checkpoints and keeps them in an LRU cache under a memory budget."""
+    What the models folders hold (:meth:`checkpoint_names`, :meth:`lora_names`,
+    :meth:`skipped_models`, :meth:`checkpoint_problem`, :meth:`unsafe_files`) comes from
+    :class:`~runner.models.listing.ModelListing`.
+    """
 
     def __init__(self, settings: EngineSettings):
-        self.settings = settings
+        super().__init__(settings)  # settings and the remembered header checks
         self.device = pick_device(settings)
         self.dtype = pick_dtype(settings, self.device)
         self._loaded: OrderedDict[str, Checkpoint] = OrderedDict()
@@ -73,150 +72,8 @@ class ModelManager:
         self.extra_lora_paths: dict[str, Path] = {}
         """LoRAs registered by name from elsewhere (the bot's per-user library)."""
         self._file_families: dict[tuple[str, int], str] = {}
-        self._problems: dict[tuple[str, int, int], str | None] = {}
-        """Header checks of checkpoint files and folders, by (path, size, mtime)."""
 
     # Names ------------------------------------------------------------------------
-    def checkpoint_names(self) -> list[str]:
-        """Every checkpoint name that can be loaded: unsafe and broken files, and symbolic
-        links out of the models folders, are left out (:meth:`skipped_models` says why)."""
-        names = [TINY_NAME]
-        names.extend(name for name, _, problem in self._checkpoint_entries() if problem is None)
-        return list(dict.fromkeys(names))
-
-    def lora_names(self) -> list[str]:
-        """Every LoRA file name under ``loras/`` of the models folders (symbolic links out
-        of the models folders left out)."""
-        names: list[str] = []
-        for root in self.settings.model_roots:
-            for folder in LORA_FOLDERS:
-                for rel, path, _ in self._scan(root / folder, (".safetensors",), False):
-                    if self._outside_problem(path, "LoRA") is None:
-                        names.append(rel)
-        return list(dict.fromkeys(names))
-
-    def skipped_models(self) -> list[SkippedModel]:
-        """Checkpoints and LoRAs found in the models folders but left out of the lists:
-        broken checkpoints (truncated, not safetensors, not a Stable Diffusion checkpoint)
-        and symbolic links out of the models folders. For ``easel models`` and ``doctor``."""
-        skipped = [
-            SkippedModel("checkpoint", name, path, problem)
-            for name, path, problem in self._checkpoint_entries()
-            if problem is not None
-        ]
-        for root in self.settings.model_roots:
-            for folder in LORA_FOLDERS:
-                for rel, path, _ in self._scan(root / folder, (".safetensors",), False):
-                    problem = self._outside_problem(path, "LoRA")
-                    if problem is not None:
-                        skipped.append(SkippedModel("lora", rel, path, problem))
-        return skipped
-
-    def _checkpoint_entries(self) -> Iterator[tuple[str, Path, str | None]]:
-        """``(name, path, problem or None)`` for every checkpoint file or folder found."""
-        for root in self.settings.model_roots:
-            for folder in CHECKPOINT_FOLDERS:
-                for rel, path, is_folder in self._scan(root / folder, (".safetensors",), True):
-                    yield rel, path, self.checkpoint_problem(path, is_folder)
-
-    def checkpoint_problem(self, path: Path, is_folder: bool = False) -> str | None:
-        """Why the checkpoint at ``path`` cannot be loaded, or None; cheap: the header of a
-        file (read with :func:`runner.files.read_safetensors_header` and judged by
-        :func:`runner.models.families.family_of_keys`), the configs of a diffusers folder.
-        Remembered until the file changes; a problem is logged once as a warning."""
-        outside = self._outside_problem(path, "checkpoint")
-        if outside is not None:
-            return outside
-        try:
-            stat = (path / "model_index.json").stat() if is_folder else path.stat()
-        except OSError as exc:
-            return f"{path}: cannot read it: {exc.strerror or exc}"
-        stamp = (str(path), stat.st_size, stat.st_mtime_ns)
-        if stamp in self._problems:
-            return self._problems[stamp]
-        problem: str | None = None
-        try:
-            if is_folder:
-                families.family_of_folder(path)
-            else:
-                families.family_of_keys(read_safetensors_header(path))
-        except ModelError as exc:  # UnsafeFileError (a renamed pickle) is one too
-            problem = str(exc)
-        if problem is not None:
-            log.warning("leaving a checkpoint out of the list: %s", problem)
-        self._problems[stamp] = problem
-        return problem
-
-    def _outside_problem(self, path: Path, what: str) -> str | None:
-        """A sentence if ``path`` is, or lies under, a symbolic link that leads out of the
-        models folders and the operator has not allowed that; else None."""
-        if self.settings.allow_model_symlinks_outside:
-            return None
-        try:
-            real = path.resolve()
-        except (OSError, RuntimeError) as exc:  # a link loop
-            return f"{path}: cannot follow it: {exc}"
-        for root in self.settings.model_roots:
-            try:
-                base = root.resolve()
-            except (OSError, RuntimeError):
-                continue
-            if real == base or base in real.parents:
-                return None
-        return (
-            f"{path}: a symbolic link to {real}, outside the models folders; {what}s are "
-            f"read from inside them only (set allow_model_symlinks_outside to follow such links)"
-        )
-
-    def unsafe_files(self) -> list[Path]:
-        """Pickle-based weight files found in the models folders (listed so people know why)."""
-        found: list[Path] = []
-        for root in self.settings.model_roots:
-            for folder in (*CHECKPOINT_FOLDERS, *LORA_FOLDERS, "vae"):
-                base = root / folder
-                if base.is_dir():
-                    found.extend(
-                        p for p in sorted(base.rglob("*")) if p.suffix.lower() in PICKLE_SUFFIXES
-                    )
-        return found
-
-    @staticmethod
-    def _scan(
-        base: Path, suffixes: Iterable[str], diffusers_dirs: bool
-    ) -> list[tuple[str, Path, bool]]:
-        """``(name, path, is_diffusers_folder)`` under ``base``, sorted by name. Follows
-        symbolic links to folders (once each: a link loop ends); the callers decide whether
-        a link that leads out of the models folders counts."""
-        if not base.is_dir():
-            return []
-        found: list[tuple[str, Path, bool]] = []
-        seen: set[tuple[int, int]] = set()
-        stack = [base]
-        while stack:
-            folder = stack.pop()
-            try:
-                st = folder.stat()
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                path = Path(entry.path)
-                rel = path.relative_to(base).as_posix()
-                try:
-                    if entry.is_dir():
-                        if diffusers_dirs and (path / "model_index.json").is_file():
-                            found.append((rel, path, True))
-                        else:
-                            stack.append(path)
-                    elif entry.is_file() and path.suffix.lower() in suffixes:
-                        found.append((rel, path, False))
-                except OSError:
-                    continue
-        return sorted(found)
-
     def check_checkpoint_name(self, name: str) -> str | None:
         """None if ``name`` can be loaded, else a sentence saying why not (for validation)."""
         try:
