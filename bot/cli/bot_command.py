@@ -131,7 +131,7 @@ def bot(sync: bool, backend: str | None, ray_address: str | None) -> None:
             "no Discord token: set DISCORD_TOKEN or discord_token in the config file"
         )
     if settings.backend == "ray":
-        from runner.jobs.ray_backend import import_ray
+        from runner.jobs.ray_connect import import_ray
 
         try:
             import_ray()

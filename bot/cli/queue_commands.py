@@ -80,7 +80,8 @@ def worker(ray_address: str, count: int | None, num_gpus: float | None, detach: 
     until Ctrl-C (which stops this command's workers, never another's), restarting a
     worker that dies. A cluster with token authentication (Ray's default) needs its
     token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."""
-    from runner.jobs.ray_backend import connect_ray, import_ray, start_named_workers
+    from runner.jobs.ray_actor import start_named_workers
+    from runner.jobs.ray_connect import connect_ray, import_ray
 
     quiet_libraries()
     settings = load_settings()

@@ -55,7 +55,7 @@ class _RunnerShim:
 
 
 def _gcs_target(address: str | None) -> tuple[str, int] | None:
-    from runner.jobs.ray_backend import _host_port
+    from runner.jobs.ray_connect import _host_port
 
     target = _host_port(address)
     if target is None:
@@ -253,7 +253,7 @@ class DriverBackend:
         health_every_s: float = 1.0,
         discover_every_s: float = 10.0,
     ):
-        from runner.jobs.ray_backend import _settings_payload
+        from runner.jobs.ray_actor import _settings_payload
 
         self.options = {
             "settings": _settings_payload(settings),

@@ -13,6 +13,12 @@ the driver finds them)
 or are started by the driver itself (``workers=N``, or one per GPU in the cluster when
 none are found).
 
+This module holds the driver's side: :class:`LoraShipper`, :class:`RayWorker` (the
+handle on one actor) and :class:`RayBackend` (attaching to and starting actors, adding
+them to a runner). Connecting to the cluster lives in :mod:`runner.jobs.ray_connect`,
+the actor itself in :mod:`runner.jobs.ray_actor`; their names are importable from here
+as well.
+
 Ray is optional (``pip install easel[ray]``); importing this module does not need it.
 """
 
@@ -20,9 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import queue
-import socket
 import threading
 import time
 import uuid
@@ -33,262 +36,45 @@ from typing import TYPE_CHECKING, Any
 from runner import events as ev
 from runner.context import CancelToken
 from runner.jobs.errors import BackendError, WorkerLost
-from runner.jobs.spec import FAILED, JobOutcome, JobSpec
+from runner.jobs.ray_actor import (
+    DEFAULT_NAMESPACE,
+    NAMED_PREFIX,
+    RayWorkerActor,
+    _settings_payload,
+    actor_class,
+    start_named_workers,
+)
+from runner.jobs.ray_connect import (
+    AUTH_HELP,
+    check_ray_address,
+    connect_ray,
+    import_ray,
+    prepare_ray_auth,
+)
+from runner.jobs.spec import JobOutcome, JobSpec
 
 if TYPE_CHECKING:
     from runner.jobs.scheduler import JobRunner
     from runner.settings import EngineSettings
 
+__all__ = [
+    "AUTH_HELP",
+    "DEFAULT_NAMESPACE",
+    "NAMED_PREFIX",
+    "LoraShipper",
+    "RayBackend",
+    "RayWorker",
+    "RayWorkerActor",
+    "actor_class",
+    "check_ray_address",
+    "connect_ray",
+    "import_ray",
+    "prepare_ray_auth",
+    "start_named_workers",
+    "wait_until",
+]
+
 log = logging.getLogger(__name__)
-
-NAMED_PREFIX = "easel-worker-"
-"""Names of the detached actors started by ``easel worker``."""
-DEFAULT_NAMESPACE = "easel"
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or :class:`BackendError` saying how to install it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise BackendError("the Ray backend needs Ray: pip install 'easel[ray]'") from exc
-    return ray
-
-
-AUTH_HELP = (
-    "give easel the head's token (`ray get-auth-token` on the head prints it) as "
-    "RAY_AUTH_TOKEN or in a file named by RAY_AUTH_TOKEN_PATH, or start the head and "
-    "every worker with RAY_AUTH_MODE=disabled on a private network"
-)
-
-
-def _token_given(environ: Mapping[str, str]) -> str | None:
-    """Where this process's Ray token comes from, if one is given."""
-    if environ.get("RAY_AUTH_TOKEN"):
-        return "RAY_AUTH_TOKEN"
-    path = environ.get("RAY_AUTH_TOKEN_PATH")
-    if path and Path(path).expanduser().is_file():
-        return f"RAY_AUTH_TOKEN_PATH ({path})"
-    return None
-
-
-def prepare_ray_auth(environ: dict[str, str] | None = None) -> None:
-    """Ray 2.60 sends a token only in token mode: when a token is given (RAY_AUTH_TOKEN
-    or RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE is unset, turn token mode on for this
-    process (and the processes it starts)."""
-    environ = os.environ if environ is None else environ
-    if environ.get("RAY_AUTH_MODE") or not _token_given(environ):
-        return
-    environ["RAY_AUTH_MODE"] = "token"
-    if environ is os.environ and "ray" in __import__("sys").modules:
-        try:  # Ray read its configuration at import: read it again
-            from ray._raylet import AuthenticationTokenLoader, Config
-
-            Config.initialize("")
-            AuthenticationTokenLoader.instance().reset_cache()
-        except Exception:  # pragma: no cover - another Ray version
-            log.debug("could not refresh Ray's configuration", exc_info=True)
-
-
-def _host_port(address: str | None) -> tuple[str, int] | None:
-    if not address or address == "auto" or "://" in address:
-        return None
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
-
-
-def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
-    """Fail at once, in one sentence, when nothing answers at ``address`` (``HOST:PORT``)
-    or its cluster refuses this process's authentication (Ray itself retries for a
-    minute, logging InvalidAuthToken, then says only that it could not connect)."""
-    target = _host_port(address)
-    if target is None:
-        return
-    try:
-        socket.create_connection(target, timeout=timeout).close()
-    except OSError as exc:
-        raise BackendError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}): start one there "
-            "with `ray start --head`, or correct the Ray address"
-        ) from None
-    ray = import_ray()
-    try:
-        from ray._raylet import GcsClient
-    except ImportError:  # pragma: no cover - another Ray version
-        return
-    try:
-        GcsClient(address=address)
-    except ray.exceptions.AuthenticationError:
-        given = _token_given(os.environ)
-        if given:
-            problem = f"rejected the authentication token from {given}"
-        else:
-            problem = (
-                "requires an authentication token (Ray turns token authentication on by default)"
-            )
-        raise BackendError(f"the Ray cluster at {address} {problem}: {AUTH_HELP}") from None
-    except Exception:  # anything else: ray.init reports it
-        log.debug("probing the Ray cluster at %s failed", address, exc_info=True)
-
-
-def connect_ray(address: str | None, namespace: str, **init_kwargs: Any) -> bool:
-    """``ray.init`` at ``address`` (None: a local cluster) in ``namespace``, without the
-    workers' logs on this terminal, unless Ray is connected already (False then).
-    Authentication problems and a missing cluster raise :class:`BackendError` with one
-    sentence saying what to do."""
-    prepare_ray_auth()
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    check_ray_address(address)
-    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False, **init_kwargs}
-    if address:
-        kwargs["address"] = address
-    try:
-        ray.init(**kwargs)
-    except ray.exceptions.AuthenticationError as exc:
-        raise BackendError(
-            f"the Ray cluster at {address} refused this process: {AUTH_HELP}"
-        ) from exc
-    except ConnectionError as exc:
-        raise BackendError(f"no Ray cluster at {address!r}: {exc}") from exc
-    return True
-
-
-def _quiet_environment() -> None:
-    for key, value in (
-        ("TRANSFORMERS_VERBOSITY", "error"),
-        ("DIFFUSERS_VERBOSITY", "error"),
-        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-        ("TOKENIZERS_PARALLELISM", "false"),
-    ):
-        os.environ.setdefault(key, value)
-
-
-class RayWorkerActor:
-    """Runs in the actor process: a :class:`~runner.jobs.worker.LocalWorker` on the
-    actor's device, fed batches by the driver. Wrapped with ``ray.remote`` by
-    :func:`actor_class`."""
-
-    def __init__(self, settings: dict[str, Any], name: str):
-        _quiet_environment()
-        self.name = name
-        self.settings_data = settings
-        self._local = None
-        self._tokens: dict[str, CancelToken] = {}
-        self._cancelled_early: set[str] = set()
-        self._lock = threading.Lock()
-
-    def _worker(self):
-        with self._lock:
-            if self._local is None:
-                from runner.environment import Environment
-                from runner.jobs.worker import LocalWorker
-                from runner.settings import EngineSettings
-
-                settings = EngineSettings(**self.settings_data)
-                if settings.threads:
-                    import torch
-
-                    torch.set_num_threads(settings.threads)
-                self._local = LocalWorker(Environment(settings), name=self.name)
-            return self._local
-
-    def ready(self) -> dict[str, Any]:
-        """Build the environment (so the first job does not pay for it) and describe this
-        worker."""
-        worker = self._worker()
-        return {**self.info(), "device": str(worker.env.models.device)}
-
-    def info(self) -> dict[str, Any]:
-        """Process id, host, and what this worker holds (for routing)."""
-        held = self._local.held() if self._local is not None else {"models": [], "loras": []}
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(), **held}
-
-    def cancel(self, job_id: str) -> None:
-        """Cancel a job of the batch running now (or about to)."""
-        with self._lock:
-            token = self._tokens.get(job_id)
-            if token is None:
-                self._cancelled_early.add(job_id)
-        if token is not None:
-            token.cancel()
-
-    def _fetch_loras(self, env: Any, loras: Mapping[str, Sequence[Any]]) -> None:
-        import ray
-
-        from runner.files import write_atomic
-
-        for name, (sha256, ref) in loras.items():
-            if name in env.models.extra_lora_paths and env.models.extra_lora_paths[name].is_file():
-                continue
-            target = env.settings.lora_library_dir / f"{sha256}.safetensors"
-            if not target.is_file():
-                data = ray.get(ref)
-                if hashlib.sha256(data).hexdigest() != sha256:
-                    raise BackendError(f"LoRA {name!r} arrived damaged (its sha256 does not match)")
-                write_atomic(target, data)
-            env.models.extra_lora_paths[name] = target
-
-    def run(self, jobs: list[JobSpec], loras: dict[str, Any]):
-        """Run a batch; yields ``("event", event)`` as the jobs progress, then
-        ``("result", (outcomes, held))``."""
-        worker = self._worker()
-        events: queue.Queue = queue.Queue()
-        with self._lock:
-            tokens = {job.job_id: CancelToken() for job in jobs}
-            for job_id, token in tokens.items():
-                if job_id in self._cancelled_early:
-                    self._cancelled_early.discard(job_id)
-                    token.cancel()
-            self._tokens.update(tokens)
-
-        def work() -> None:
-            try:
-                self._fetch_loras(worker.env, loras)
-                outcomes = worker.run(jobs, lambda e: events.put(("event", e)), tokens)
-            except Exception as exc:  # reported as failed jobs, the actor lives on
-                log.exception("batch failed on %s", self.name)
-                outcomes = [
-                    JobOutcome(
-                        j.job_id, FAILED, error=f"{type(exc).__name__}: {exc}", worker=self.name
-                    )
-                    for j in jobs
-                ]
-            for outcome in outcomes:
-                for image in outcome.images:
-                    image.path = None  # a path on this machine means nothing to the driver
-            events.put(("result", (outcomes, worker.held())))
-
-        thread = threading.Thread(target=work, name=f"{self.name}-batch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                kind, payload = events.get()
-                if kind == "event" and isinstance(payload, ev.Finished):
-                    payload = ev.Finished(
-                        payload.job_id,
-                        executed=payload.executed,
-                        cached=payload.cached,
-                        seconds=payload.seconds,
-                    )
-                yield kind, payload
-                if kind == "result":
-                    return
-        finally:
-            thread.join()
-            with self._lock:
-                for job_id in tokens:
-                    self._tokens.pop(job_id, None)
-
-
-def actor_class(max_concurrency: int = 8) -> Any:
-    """:class:`RayWorkerActor` as a Ray actor class (threaded, so ``cancel`` and ``info``
-    are answered while a batch runs)."""
-    ray = import_ray()
-    return ray.remote(max_concurrency=max_concurrency)(RayWorkerActor)
 
 
 class LoraShipper:
@@ -394,12 +180,6 @@ class RayWorker:
 
     def close(self) -> None:
         """Nothing: the backend owns the actors it started."""
-
-
-def _settings_payload(settings: EngineSettings) -> dict[str, Any]:
-    from runner.settings import EngineSettings as Base
-
-    return {k: v for k, v in settings.model_dump(mode="json").items() if k in Base.model_fields}
 
 
 class RayBackend:
@@ -575,55 +355,6 @@ class RayBackend:
                 self.discover()
             except Exception:  # pragma: no cover - keep watching
                 log.exception("looking for new Ray workers failed")
-
-
-def start_named_workers(
-    settings: EngineSettings,
-    *,
-    count: int | None = None,
-    num_gpus: float | None = None,
-    namespace: str = DEFAULT_NAMESPACE,
-    detached: bool = False,
-) -> list[tuple[str, Any]]:
-    """Start (or find) this process's worker actors, one per local GPU (or ``count``),
-    pinned to this node; for ``easel worker``. Call after ``ray.init``.
-
-    Names are unique per process and GPU (``easel-worker-HOST-PID-INDEX``), so two
-    ``easel worker`` on one machine get their own actors. Without ``detached`` the
-    actors belong to this process: Ray ends them with it (Ctrl-C, a crash, SIGKILL) and
-    never those of another process."""
-    ray = import_ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    node_id = ray.get_runtime_context().get_node_id()
-    try:
-        import torch
-
-        local_gpus = torch.cuda.device_count()
-    except Exception:  # pragma: no cover
-        local_gpus = 0
-    gpus = num_gpus if num_gpus is not None else (1.0 if local_gpus else 0.0)
-    count = max(1, count if count is not None else local_gpus)
-    host = socket.gethostname().split(".")[0]
-    cls = actor_class()
-    payload = _settings_payload(settings)
-    actors = []
-    for index in range(count):
-        name = f"{NAMED_PREFIX}{host}-{os.getpid()}-{index}"
-        options: dict[str, Any] = {
-            "name": name,
-            "namespace": namespace,
-            "get_if_exists": True,
-            "num_gpus": gpus,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        }
-        if detached:
-            options["lifetime"] = "detached"
-        if not gpus:
-            options["num_cpus"] = 0
-        actor = cls.options(**options).remote(payload, name)
-        actors.append((name, actor))
-    return actors
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -39,7 +39,8 @@ def run_on_ray(
     ``settings.ray_address``, or started for it), stream its events to ``on_event``, and
     write the images it sends back into ``settings.output_dir`` as ``ray-<name>``.
     Returns their paths. Raises :class:`JobCancelled` or :class:`RemoteJobFailed`."""
-    from runner.jobs.ray_backend import RayBackend, connect_ray
+    from runner.jobs.ray_backend import RayBackend
+    from runner.jobs.ray_connect import connect_ray
 
     address = address or settings.ray_address
     backend = RayBackend(

@@ -1,6 +1,6 @@
 """Workers execute batches of jobs. :class:`LocalWorker` runs them in this process on one
 device through an :class:`~runner.environment.Environment`; the Ray backend wraps the
-same class in an actor (``runner.jobs.ray_backend``).
+same class in an actor (``runner.jobs.ray_actor``).
 
 A worker's ``run`` blocks until its batch is over, so the runner calls it on the
 worker's own thread, never on an asyncio loop.
