@@ -159,6 +159,12 @@ class EaselBot(commands.Bot):
         if loop is None or loop.is_closed():
             return
         asyncio.run_coroutine_threadsafe(self._tell_owners(text), loop)
+        asyncio.run_coroutine_threadsafe(self.reporter.cluster_changed(up), loop)
+
+    @property
+    def cluster_down(self) -> bool:
+        """Whether the GPU cluster is unreachable now (jobs are kept and wait)."""
+        return self._cluster_was_down
 
     async def _tell_owners(self, text: str) -> None:
         for owner_id in self.settings.owner_ids:

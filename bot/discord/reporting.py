@@ -244,9 +244,32 @@ class Reporter:
             wait = ticket.estimated_wait_s
         else:
             wait = generations.estimate_wait(job_id)
-        return render.queued_text(
+        text = render.queued_text(
             position, wait_s=wait, job_id=job_id, paused=bool(self.bot.jobs.paused)
         )
+        if getattr(self.bot, "cluster_down", False):
+            text += f"\n⏳ {UNREACHABLE[0].upper()}{UNREACHABLE[1:]}."
+        return text
+
+    async def cluster_changed(self, up: bool) -> None:
+        """The GPU cluster went away or came back: every job this process still follows
+        says so in its status (a running job's own requeue event says it too)."""
+        for job_id, live in list(self._live.items()):
+            if live.posted.done():
+                continue
+            if up:
+                position = self.bot.generations.position(job_id)
+                text = (
+                    self._queued_text(job_id, position)
+                    if position is not None
+                    else "⏳ The GPU cluster is back; your job runs soon."
+                )
+            else:
+                text = f"⏳ {UNREACHABLE[0].upper()}{UNREACHABLE[1:]}."
+            try:
+                await live.status.update(text)
+            except Exception:  # one status that cannot be edited must not stop the others
+                log.info("could not update the status of job %s", job_id, exc_info=True)
 
     async def _follow(self, subscription: Subscription, ticket: Ticket, status: Status) -> None:
         """Show the job's place, start and progress, throttled to one edit per interval

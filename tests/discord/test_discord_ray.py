@@ -107,6 +107,9 @@ def test_the_bot_survives_the_loss_of_its_ray_head(server, make_bot):
         server.wait_for(lambda: waiting.edits, 30, "the job to be acknowledged")
         time.sleep(15)
         assert bot.proc.poll() is None, bot.output()[-4000:]
+        # The waiting job's own status says why it waits (not only a running job's).
+        shown = [edit.get("content") or "" for edit in waiting.edits]
+        assert any("unreachable; your job is kept" in text for text in shown), shown
         statuses = rows(
             bot.data_dir,
             "select j.status from jobs j join generations g on g.id = j.generation_id "
