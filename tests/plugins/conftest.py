@@ -114,3 +114,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def easel(plugin_settings, monkeypatch):
+    """Run ``easel ARGS`` against the test's data folder; returns the click result."""
+    monkeypatch.setenv("EASEL_DATA_DIR", str(plugin_settings.data_dir))
+    monkeypatch.setenv("EASEL_CACHE_FOLDER", str(plugin_settings.cache_folder))
+    monkeypatch.setenv("EASEL_PLUGIN_ALLOW_URLS", "true")
+    from plugin_testlib import PIP_OFFLINE
+
+    monkeypatch.setenv("EASEL_PLUGIN_PIP_ARGS", " ".join(PIP_OFFLINE))
+
+    def run(*args, input=None):
+        from click.testing import CliRunner
+
+        from bot.cli import cli
+
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return run

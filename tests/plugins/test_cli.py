@@ -5,27 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
-from plugin_testlib import PIP_OFFLINE
-
-from bot.cli import cli
-
 NAME = "easel-plugin-example"
-
-
-@pytest.fixture
-def easel(plugin_settings, monkeypatch):
-    """Run ``easel ARGS`` against the test's data folder; returns the click result."""
-    monkeypatch.setenv("EASEL_DATA_DIR", str(plugin_settings.data_dir))
-    monkeypatch.setenv("EASEL_CACHE_FOLDER", str(plugin_settings.cache_folder))
-    monkeypatch.setenv("EASEL_PLUGIN_ALLOW_URLS", "true")
-    monkeypatch.setenv("EASEL_PLUGIN_PIP_ARGS", " ".join(PIP_OFFLINE))
-
-    def run(*args, input=None):
-        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-
-    return run
 
 
 def test_plugins_commands(easel, database, offline_builds, monkeypatch, example):

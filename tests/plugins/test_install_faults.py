@@ -10,10 +10,8 @@ import importlib.metadata
 import json
 
 import pytest
-from click.testing import CliRunner
-from plugin_testlib import OWNER, PIP_OFFLINE, make_project, write_dropin
+from plugin_testlib import OWNER, make_project, write_dropin
 
-from bot.cli import cli
 from runner.errors import WorkflowInvalid
 
 pytestmark = pytest.mark.slow
@@ -110,19 +108,6 @@ def test_a_plugin_that_ships_easels_package_names_is_refused(
     import db
 
     assert not hasattr(db, "STOLEN")
-
-
-@pytest.fixture
-def easel(plugin_settings, monkeypatch):
-    monkeypatch.setenv("EASEL_DATA_DIR", str(plugin_settings.data_dir))
-    monkeypatch.setenv("EASEL_CACHE_FOLDER", str(plugin_settings.cache_folder))
-    monkeypatch.setenv("EASEL_PLUGIN_ALLOW_URLS", "true")
-    monkeypatch.setenv("EASEL_PLUGIN_PIP_ARGS", " ".join(PIP_OFFLINE))
-
-    def run(*args, input=None):
-        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-
-    return run
 
 
 def test_no_at_the_confirmation_is_audited(easel, database, example, offline_builds):
