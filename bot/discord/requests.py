@@ -103,8 +103,9 @@ class RequestBuilder:
         if image is not None:
             data = await self.read_attachment(image)
             init_image, size = await asyncio.to_thread(self._store, data)
-            defaults = self._fit_defaults(defaults, size)
-        request = self.parse(prompt, options, defaults, limits)
+            defaults = await asyncio.to_thread(self._fit_defaults, defaults, size)
+        # Off the loop: the model's native size and the model list may read files.
+        request = await asyncio.to_thread(self.parse, prompt, options, defaults, limits)
         return Submission(
             request, init_image=init_image, kind="img2img" if init_image else "imagine"
         ), context.interaction_destination(interaction)
@@ -139,9 +140,9 @@ class RequestBuilder:
                 defaults, model=carried.model, width=carried.width, height=carried.height
             )
         else:
-            defaults = self._fit_defaults(defaults, size)
-        request = self.parse(
-            text, options or {}, defaults, limits, allow_empty_prompt=parent is not None
+            defaults = await asyncio.to_thread(self._fit_defaults, defaults, size)
+        request = await asyncio.to_thread(
+            self.parse, text, options or {}, defaults, limits, allow_empty_prompt=parent is not None
         )
         if parent is not None:
             if not request.prompt:
