@@ -38,7 +38,9 @@ async def complete_model(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     """Checkpoints the bot can load."""
-    return matching(interaction.client.env.models.checkpoint_names(), current)
+    # Off the loop: listing checks each new checkpoint file's header.
+    names = await asyncio.to_thread(interaction.client.env.models.checkpoint_names)
+    return matching(names, current)
 
 
 async def complete_sampler(
