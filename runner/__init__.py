@@ -25,7 +25,16 @@ from runner.errors import (
     WorkflowError,
     WorkflowInvalid,
 )
-from runner.handles import ClipHandle, Conditioning, Latent, ModelHandle, VaeHandle
+from runner.handles import (
+    Area,
+    ClipHandle,
+    CondEntry,
+    Conditioning,
+    ControlSpec,
+    Latent,
+    ModelHandle,
+    VaeHandle,
+)
 from runner.nodes import Input, NodeType, node
 from runner.templates import GenerationRequest, LoraRef, WorkflowTemplate
 
@@ -58,9 +67,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Area",
     "Checkpoint",
     "ClipHandle",
+    "CondEntry",
     "Conditioning",
+    "ControlSpec",
     "EngineSettings",
     "Environment",
     "Latent",

@@ -14,7 +14,10 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
+
+from runner.handles import Conditioning
 
 
 def output_nbytes(value: Any) -> int:
@@ -35,8 +38,10 @@ def output_nbytes(value: Any) -> int:
             return nbytes
         if _is_model(item):
             return 0
-        if isinstance(item, dict):
+        if isinstance(item, Mapping):
             return sum(walk(v) for v in item.values())
+        if isinstance(item, Conditioning):
+            return sum(walk(e) for e in item.entries)
         if isinstance(item, (tuple, list, set, frozenset)):
             return sum(walk(v) for v in item)
         if dataclasses.is_dataclass(item) and not isinstance(item, type):

@@ -21,7 +21,33 @@ COMBO = "COMBO"
 PRIMITIVES = frozenset({INT, FLOAT, STRING, BOOLEAN, COMBO})
 """Types a workflow may give as a literal value rather than a link."""
 
-LINK_ONLY = frozenset({MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, "MASK"})
+SIGMAS = "SIGMAS"
+"""A 1-D float tensor of noise levels, from the first step's down to the last (usually 0)."""
+SAMPLER = "SAMPLER"
+"""A sampler (KSamplerSelect): how to step from one sigma to the next."""
+NOISE = "NOISE"
+"""Where the initial noise comes from (RandomNoise, DisableNoise)."""
+GUIDER = "GUIDER"
+"""The model with its conditioning and guidance (BasicGuider, CFGGuider, DualCFGGuider)."""
+CONTROL_NET = "CONTROL_NET"
+"""A loaded ControlNet or T2I-Adapter (ControlNetLoader)."""
+
+LINK_ONLY = frozenset(
+    {
+        MODEL,
+        CLIP,
+        VAE,
+        CONDITIONING,
+        LATENT,
+        IMAGE,
+        "MASK",
+        SIGMAS,
+        SAMPLER,
+        NOISE,
+        GUIDER,
+        CONTROL_NET,
+    }
+)
 """Types that can only arrive through a link from another node's output."""
 
 MASK = "MASK"

@@ -20,12 +20,12 @@ same latents, which the tests check pixel for pixel.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from runner.diffusion.guidance import Guidance
 from runner.diffusion.samplers import make_scheduler
 from runner.handles import Conditioning
 
@@ -93,51 +93,8 @@ def latent_preview(latents: torch.Tensor, family: str, size: int = 128):
     return image
 
 
-def _repeat(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """``t`` with ``batch`` rows: as it is, or its first row repeated."""
-    return t if t.shape[0] == batch else t[:1].repeat(batch, *([1] * (t.dim() - 1)))
-
-
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _unet_conditioning(checkpoint, jobs, latent_shape, do_cfg, device, dtype):
-    """``(encoder_hidden_states, added_cond_kwargs)`` for the batch of ``jobs``: each job's
-    prompt embeddings repeated to its share of the batch (unconditional half first under
-    CFG, as diffusers orders them) and SDXL's pooled embeddings and size ids."""
-    batch = latent_shape[0]
-    cond = _cat([_repeat(j.positive.embeds, j.count) for j in jobs]).to(device, dtype)
-    uncond = _cat([_repeat(j.negative.embeds, j.count) for j in jobs]).to(device, dtype)
-    if do_cfg and cond.shape[1] != uncond.shape[1]:
-        # Long prompts are 77-token chunks: repeat both sides to a common length, as ComfyUI does.
-        common = math.lcm(cond.shape[1], uncond.shape[1])
-        cond = cond.repeat(1, common // cond.shape[1], 1)
-        uncond = uncond.repeat(1, common // uncond.shape[1], 1)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    if not checkpoint.is_xl:
-        return embeds, None
-    height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
-    time_ids = torch.tensor(
-        [[height, width, 0, 0, height, width]], device=device, dtype=dtype
-    ).repeat(batch, 1)
-    pooled = _cat([_repeat(j.positive.pooled, j.count) for j in jobs]).to(device, dtype)
-    if do_cfg:
-        negative = _cat([_repeat(j.negative.pooled, j.count) for j in jobs]).to(device, dtype)
-        pooled = torch.cat([negative, pooled])
-        time_ids = torch.cat([time_ids, time_ids])
-    return embeds, {"text_embeds": pooled, "time_ids": time_ids}
-
-
-def _guided_noise(unet, model_in, t, embeds, added, do_cfg: bool, cfg: float) -> torch.Tensor:
-    """One UNet call and classifier-free guidance, as diffusers' pipelines combine them."""
-    noise_pred = unet(
-        model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
-    )[0]
-    if not do_cfg:
-        return noise_pred
-    noise_uncond, noise_cond = noise_pred.chunk(2)
-    return noise_uncond + cfg * (noise_cond - noise_uncond)
 
 
 def _scheduler_config(config, seed: int) -> dict:
@@ -238,8 +195,9 @@ def sample(
             pieces.append(sched.add_noise(lat, noise, timesteps[:1].repeat(lat.shape[0])))
     x = _cat(pieces).to(dtype)
 
-    do_cfg = cfg > 1.0
-    embeds, added = _unet_conditioning(checkpoint, jobs, tuple(latent.shape), do_cfg, device, dtype)
+    guidance = Guidance(
+        checkpoint, jobs, cfg, latent_shape=tuple(latent.shape), device=device, dtype=dtype
+    )
 
     # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
     # dpmpp_sde) make two scheduler calls per step.
@@ -248,8 +206,7 @@ def sample(
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             scaled = _cat([sched.scale_model_input(x[part], t) for sched, _, part, _ in parts])
-            model_in = torch.cat([scaled] * 2) if do_cfg else scaled
-            noise_pred = _guided_noise(unet, model_in, t, embeds, added, do_cfg, cfg)
+            noise_pred = guidance(scaled, t)
             outs = []
             for j, (sched, step_kwargs, part, _) in enumerate(parts):
                 lasts[j] = sched.step(noise_pred[part], t, x[part], **step_kwargs, return_dict=True)
