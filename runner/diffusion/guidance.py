@@ -84,6 +84,37 @@ class Guidance:
             time_ids = torch.cat([time_ids, time_ids])
         return embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
+    def predict_sides(
+        self, model_in: torch.Tensor, t: torch.Tensor, sides: Sequence[Sequence]
+    ) -> list[torch.Tensor]:
+        """Each side's combined (unguided) prediction for ``model_in`` at timestep ``t``.
+
+        ``sides`` is a list of sides, each a list with one CONDITIONING per job (in job
+        order); guiders combine the results (CFG, DualCFG, CFG++...)."""
+        out = []
+        for side in sides:
+            embeds = _cat(
+                [_repeat(c.embeds, j.count) for c, j in zip(side, self.jobs, strict=True)]
+            )
+            added = None
+            if self.checkpoint.is_xl:
+                pooled = _cat(
+                    [_repeat(c.pooled, j.count) for c, j in zip(side, self.jobs, strict=True)]
+                )
+                added = {
+                    "text_embeds": pooled.to(model_in.device, model_in.dtype),
+                    "time_ids": self.added["time_ids"][: model_in.shape[0]],
+                }
+            pred = self.unet(
+                model_in,
+                t,
+                encoder_hidden_states=embeds.to(model_in.device, model_in.dtype),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+            out.append(pred)
+        return out
+
     def __call__(self, model_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The guided prediction for ``model_in`` at UNet timestep ``t``: one UNet call and
         classifier-free guidance, as diffusers' pipelines combine them."""

@@ -59,12 +59,17 @@ MAX_SCHEDULE = 100_000
 @dataclass
 class SampleJob:
     """One job's share of a sampling loop: its latents (scaled, as the UNet sees them),
-    its prompts and the seed its noise, scheduler and step noise come from."""
+    its prompts and the seed its noise, scheduler and step noise come from.
+
+    ``noise_mask`` (``[batch or 1, 1, h, w]`` at latent or any resolution, LATENT's
+    ``"noise_mask"``) limits where the sampler may change the latent: 1 denoises, 0 keeps
+    the input latent (inpainting)."""
 
     seed: int
     latent: torch.Tensor
     positive: Conditioning
     negative: Conditioning
+    noise_mask: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -136,6 +141,8 @@ def sample(
     end_step: int | None = None,
     force_full_denoise: bool = True,
     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    prediction: str | None = None,
+    zsnr: bool = False,
 ) -> list[torch.Tensor]:
     """Denoise the latents of ``jobs`` as one batch; returns each job's latents, in order.
 
@@ -143,7 +150,8 @@ def sample(
     scheduler and its own step generator from its seed, exactly as if it ran alone.
     ``on_step(i, total, latents)`` is called after each sampler step with the whole
     batch's latents; it may raise to cancel. Call with the checkpoint's lock held and its
-    UNet LoRAs set.
+    UNet LoRAs set. ``prediction`` and ``zsnr`` are the MODEL's ModelSamplingDiscrete
+    overrides (:class:`~runner.handles.ModelHandle`).
     """
     if not jobs:
         raise ValueError("sample() needs at least one job, got none")
