@@ -3,6 +3,7 @@ cancellation."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from runner.errors import JobCancelled
 
 if TYPE_CHECKING:
     from runner.environment import Environment
+
+log = logging.getLogger(__name__)
 
 
 class CancelToken:
@@ -47,6 +50,16 @@ class NodeContext:
         """Raise :class:`JobCancelled` if the job was cancelled."""
         if self.cancel.cancelled:
             raise JobCancelled(f"job {self.job_id} cancelled at node {self.node_id}")
+
+    def warn(self, message: str) -> None:
+        """Report a warning in the job's events (:class:`~runner.events.NodeWarning`) and
+        the log; the node goes on."""
+        log.warning("job %s, node %s (%s): %s", self.job_id, self.node_id, self.class_type, message)
+        self.emit(
+            ev.NodeWarning(
+                self.job_id, node_id=self.node_id, class_type=self.class_type, message=message
+            )
+        )
 
     def progress(self, step: int, total: int, preview: Any = None) -> None:
         """Report sampling step ``step`` of ``total`` (and honour cancellation)."""

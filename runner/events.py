@@ -78,6 +78,17 @@ class Progress(Event):
 
 
 @dataclass
+class NodeWarning(Event):
+    """Something a user should know that did not stop the job (ComfyUI logs these): an
+    ``embedding:name`` that does not exist, an input that was partly ignored..."""
+
+    node_id: str = ""
+    class_type: str = ""
+    message: str = ""
+    type: str = field(default="warning", init=False)
+
+
+@dataclass
 class Finished(Event):
     outputs: dict[str, Any] = field(default_factory=dict)
     executed: list[str] = field(default_factory=list)

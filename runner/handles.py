@@ -57,11 +57,12 @@ class ModelHandle:
 @dataclass(frozen=True)
 class ClipHandle:
     """CLIP: a checkpoint's text encoder(s) with LoRAs and clip skip (ComfyUI's stop layer:
-    -1 is the last layer, -2 the penultimate...)."""
+    -1 is the last layer, -2 the penultimate...; None, the default, is the model's own
+    choice: the last layer for SD1/SD2, the penultimate for SDXL's encoders)."""
 
     checkpoint: Checkpoint
     loras: LoraStack = ()
-    stop_at_layer: int = -1
+    stop_at_layer: int | None = None
 
 
 @dataclass(frozen=True)

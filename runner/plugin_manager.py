@@ -17,6 +17,7 @@ ENTRY_POINT_GROUP = "easel"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.loaders",
     "plugins.core.conditioning",
+    "plugins.core.conditioning_ops",
     "plugins.core.sampling",
     "plugins.core.latent",
     "plugins.core.image",

@@ -125,6 +125,13 @@ class EngineSettings(BaseSettings):
         "(off: such links are left out of the model lists, with a warning).",
     )
 
+    allow_pickle_weights: bool = Field(
+        default=True,
+        description="Load pickle-based weights (.pt/.bin embeddings...) found in the models "
+        "folders with PyTorch's restricted weights_only unpickler (tensors only). Uploads "
+        "are always safetensors-only.",
+    )
+
     @field_validator("extra_model_dirs", mode="before")
     @classmethod
     def _split_paths(cls, value: Any) -> Any:

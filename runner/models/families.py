@@ -43,6 +43,12 @@ rule knew ``sd2-v``; the LoRA library's folder rule, the most complete, is the o
 with ``sd2-v`` added as single files have it, and the activation so that a narrow SD2
 finetune is still told apart.)
 
+**SDXL refiners** (:func:`is_sdxl_refiner`, :func:`is_sdxl_refiner_folder`): family
+``sdxl`` (same VAE, latent space and native size) with the refiner flag: only the
+OpenCLIP-G text encoder (``text_encoder`` empty) and a UNet whose size conditioning is
+``(height, width, crop_h, crop_w, aesthetic_score)`` (``requires_aesthetics_score``).
+Loaded from a diffusers folder; the single-file refiner is still refused.
+
 **LoRAs** (:func:`family_of_lora`): from tensor shapes (the UNet's cross-attention input
 width, the text encoders' widths, a second text encoder), else the training metadata.
 
@@ -357,6 +363,25 @@ def family_of_pipeline(pipe: Any) -> str:
     )
 
 
+def is_sdxl_refiner_folder(folder: Path) -> bool:
+    """Whether a diffusers folder holds an SDXL refiner (see the module docstring), from
+    its ``model_index.json`` only."""
+    index = read_json(Path(folder) / "model_index.json")
+    first = index.get("text_encoder")
+    no_first = first is None or (isinstance(first, list) and first[:1] == [None])
+    return "text_encoder_2" in index and (no_first or bool(index.get("requires_aesthetics_score")))
+
+
+def is_sdxl_refiner(pipe: Any) -> bool:
+    """Whether a loaded pipeline is an SDXL refiner: a second text encoder and no first,
+    or a pipeline configured with ``requires_aesthetics_score``."""
+    if getattr(pipe, "text_encoder_2", None) is None:
+        return False
+    config = getattr(pipe, "config", None) or {}
+    aesthetics = bool(getattr(config, "get", lambda *_: False)("requires_aesthetics_score", False))
+    return getattr(pipe, "text_encoder", None) is None or aesthetics
+
+
 # ---------------------------------------------------------------------------- LoRAs
 
 # Widths that give the family away (the real models'; tiny test models match none).
@@ -464,6 +489,8 @@ __all__ = [
     "family_of_pipeline",
     "header_prediction_type",
     "inspect_checkpoint",
+    "is_sdxl_refiner",
+    "is_sdxl_refiner_folder",
     "lora_family",
     "native_size",
 ]

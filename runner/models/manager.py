@@ -27,6 +27,7 @@ from runner.files import refuse_pickle
 from runner.models import families
 from runner.models.checkpoint import Checkpoint
 from runner.models.device import memory_budget_bytes, pick_device, pick_dtype
+from runner.models.embeddings import Embedding, EmbeddingCache, embedding_names, find_embedding
 from runner.models.listing import (
     CHECKPOINT_FOLDERS,
     LORA_FOLDERS,
@@ -72,6 +73,7 @@ class ModelManager(ModelListing):
         self.extra_lora_paths: dict[str, Path] = {}
         """LoRAs registered by name from elsewhere (the bot's per-user library)."""
         self._file_families: dict[tuple[str, int], str] = {}
+        self._embeddings = EmbeddingCache()
 
     # Names ------------------------------------------------------------------------
     def check_checkpoint_name(self, name: str) -> str | None:
@@ -134,6 +136,32 @@ class ModelManager(ModelListing):
             return library
         raise ModelError(
             f"no LoRA named {name!r}; available: {', '.join(self.lora_names()) or '(none)'}"
+        )
+
+    # Embeddings -------------------------------------------------------------------
+    def embedding_path(self, name: str) -> Path | None:
+        """The file of textual-inversion embedding ``name`` (``embedding:name`` in a prompt)
+        under ``embeddings/`` of the models folders, or None
+        (:func:`runner.models.embeddings.find_embedding`; symbolic links out of the models
+        folders count only if the operator allows them)."""
+        path = find_embedding(self.settings.model_roots, name)
+        if path is None or self._outside_problem(path, "embedding") is not None:
+            return None
+        return path
+
+    def embedding_names(self) -> list[str]:
+        """Every embedding file under ``embeddings/`` of the models folders."""
+        return embedding_names(self.settings.model_roots)
+
+    def embedding(self, name: str) -> Embedding | None:
+        """The loaded embedding ``name``, or None if there is no such file. Raises
+        :class:`~runner.errors.ModelError` for a file that cannot be read (or a pickle
+        while ``allow_pickle_weights`` is off)."""
+        path = self.embedding_path(name)
+        if path is None:
+            return None
+        return self._embeddings.load(
+            path, name=name, allow_pickle=getattr(self.settings, "allow_pickle_weights", True)
         )
 
     # Families ---------------------------------------------------------------------
