@@ -95,5 +95,5 @@ def write_callable_pickle(path: Path) -> Path:
             return (print, ("this must never run",))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({"string_to_param": {"*": Evil()}}))
+    path.write_bytes(pickle.dumps({"string_to_param": {"*": Evil()}}, protocol=2))
     return path
