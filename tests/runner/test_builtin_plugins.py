@@ -43,9 +43,25 @@ def test_core_nodes_by_category():
         for name, plugin in pm.list_name_plugin()
         if name.startswith("plugins.core.")
     }
-    assert by_plugin == {
+    expected = {
         "plugins.core.loaders": ["CheckpointLoaderSimple", "LoraLoader"],
-        "plugins.core.conditioning": ["CLIPSetLastLayer", "CLIPTextEncode"],
+        "plugins.core.conditioning": [
+            "CLIPSetLastLayer",
+            "CLIPTextEncode",
+            "CLIPTextEncodeSDXL",
+            "CLIPTextEncodeSDXLRefiner",
+        ],
+        "plugins.core.conditioning_ops": [
+            "ConditioningAverage",
+            "ConditioningCombine",
+            "ConditioningConcat",
+            "ConditioningSetArea",
+            "ConditioningSetAreaPercentage",
+            "ConditioningSetAreaStrength",
+            "ConditioningSetMask",
+            "ConditioningSetTimestepRange",
+            "ConditioningZeroOut",
+        ],
         "plugins.core.sampling": ["KSampler", "KSamplerAdvanced"],
         "plugins.core.latent": [
             "EmptyLatentImage",
@@ -63,3 +79,8 @@ def test_core_nodes_by_category():
             "SaveImage",
         ],
     }
+    # Each node lives in the plugin of its ComfyUI category (more may join a module).
+    for name, nodes in expected.items():
+        assert set(nodes) <= set(by_plugin.get(name, ())), name
+    declared = [n for nodes in by_plugin.values() for n in nodes]
+    assert len(declared) == len(set(declared)), "a node type is declared by two core plugins"
