@@ -82,7 +82,9 @@ def _hint(image: Any) -> torch.Tensor:
 
 def _control(control_net: Any) -> ControlModel:
     if not isinstance(control_net, ControlModel):
-        raise ValueError(f"control_net must be a loaded ControlNet, got {type(control_net).__name__}")
+        raise ValueError(
+            f"control_net must be a loaded ControlNet, got {type(control_net).__name__}"
+        )
     return control_net
 
 
@@ -179,9 +181,9 @@ def controlnet_apply_advanced(
     vae: Any = None,
 ):
     """Applies a ControlNet or T2I-Adapter to both prompts between start_percent and end_percent
-    of the schedule, after any control they already carry (a start after the end never acts, as
-in ComfyUI). Strength 0 changes nothing. The
-    optional VAE is for ControlNets that take latent hints (none of the SD1/SD2/SDXL ones)."""
+        of the schedule, after any control they already carry (a start after the end never acts, as
+    in ComfyUI). Strength 0 changes nothing. The
+        optional VAE is for ControlNets that take latent hints (none of the SD1/SD2/SDXL ones)."""
     if strength == 0:
         return positive, negative
     pos, neg = attach_control(
@@ -213,9 +215,7 @@ def canny(ctx: NodeContext, image: Any, low_threshold: float, high_threshold: fl
     from kornia.filters import canny as kornia_canny
 
     if low_threshold > high_threshold:
-        raise ValueError(
-            f"low_threshold {low_threshold} is above high_threshold {high_threshold}"
-        )
+        raise ValueError(f"low_threshold {low_threshold} is above high_threshold {high_threshold}")
     pixels = _hint(image).movedim(-1, 1)
     _, edges = kornia_canny(pixels, low_threshold, high_threshold)
     return (edges.repeat(1, 3, 1, 1).movedim(1, -1).contiguous(),)

@@ -148,7 +148,9 @@ def test_companion_config_overrides_the_stock_heads(tmp_path):
     (tmp_path / "odd.config" / "config.json").write_text(json.dumps(dict(odd.config)))
     loaded = _load(path)
     assert list(loaded.module.config.attention_head_dim) == [2, 4]
-    for ours, theirs in zip(_cn_outputs(loaded.module, False), _cn_outputs(odd, False), strict=True):
+    for ours, theirs in zip(
+        _cn_outputs(loaded.module, False), _cn_outputs(odd, False), strict=True
+    ):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
