@@ -230,7 +230,7 @@ def load_control(
                 )
             sd = _add_unet(sd, unet, path)
         try:
-            module = ControlNetModel(**config)
+            module = _empty(ControlNetModel, config)
         except Exception as exc:
             raise ModelError(f"{path}: cannot build a ControlNet from its shapes: {exc}") from exc
     else:
@@ -242,7 +242,7 @@ def load_control(
             config = {**config, **{k: v for k, v in companion.items() if not k.startswith("_")}}
         family = "sdxl" if config["adapter_type"] == "full_adapter_xl" else "sd1"
         try:
-            module = T2IAdapter(**config)
+            module = _empty(T2IAdapter, config)
         except Exception as exc:
             raise ModelError(f"{path}: cannot build a T2I-Adapter from its shapes: {exc}") from exc
     _load_strict(module, sd, path, kind)
@@ -263,7 +263,7 @@ def load_control(
 def _place(module: Any, device: Any, dtype: Any) -> None:
     """Move ``module`` to ``device`` and ``dtype`` (casting only when the dtype differs:
     diffusers warns on every cast) and switch it to eval mode."""
-    if dtype is not None and module.dtype != dtype:
+    if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
         module.to(dtype=dtype)
     module.to(device=device).eval()
 
@@ -298,7 +298,19 @@ def _load_strict(module: Any, sd: dict[str, Any], path: Path, kind: str) -> None
         raise ModelError(
             f"{path}: the weights do not fit the {what} built from them: {'; '.join(parts)}"
         )
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelError(f"{path}: no weights for {left[:3]}")
+
+
+def _empty(cls: Any, config: dict[str, Any]) -> Any:
+    """``cls(**config)`` with its parameters on the meta device: random initialisation of
+    a real-size ControlNet takes seconds, and every parameter is replaced by the file's."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return cls(**config)
 
 
 def _load_folder(folder: Path, *, name: str, device, dtype) -> ControlModel:
