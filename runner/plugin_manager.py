@@ -21,6 +21,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.sampling",
     "plugins.core.latent",
     "plugins.core.image",
+    "plugins.core.control",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",
