@@ -51,6 +51,13 @@ def test_core_nodes_by_category():
             "CLIPTextEncodeSDXL",
             "CLIPTextEncodeSDXLRefiner",
         ],
+        "plugins.core.control": [
+            "Canny",
+            "ControlNetApply",
+            "ControlNetApplyAdvanced",
+            "ControlNetLoader",
+            "DiffControlNetLoader",
+        ],
         "plugins.core.conditioning_ops": [
             "ConditioningAverage",
             "ConditioningCombine",
