@@ -173,13 +173,24 @@ def a1111_parameters(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def png_bytes(image: Image.Image, text: dict[str, str]) -> bytes:
-    """PNG data with ``text`` chunks (``prompt``, ``parameters``...)."""
+def png_bytes(
+    image: Image.Image,
+    text: dict[str, str],
+    *,
+    compress_level: int = 4,
+    append_images: list[Image.Image] | None = None,
+    duration: int | None = None,
+) -> bytes:
+    """PNG data with ``text`` chunks (``prompt``, ``workflow``, ``parameters``...); with
+    ``append_images``, an animated PNG whose frames last ``duration`` ms each."""
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info, compress_level=4)
+    extra: dict[str, Any] = {}
+    if append_images is not None:
+        extra = {"save_all": True, "append_images": append_images, "duration": duration}
+    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level, **extra)
     return buf.getvalue()
 
 

@@ -79,8 +79,9 @@ def map_widget_values(node_type: NodeType, values: Any) -> dict[str, Any]:
     """``widgets_values`` (a list, or a dict keyed by widget name) -> ``{input: value}``.
 
     In a list, a control value ("fixed"...) after a widget is skipped when that widget
-    has a control widget, or when the list holds more values than there are widgets
-    (so a control widget a newer ComfyUI added on another input is skipped too).
+    has a control widget (seeds), or when it follows a number or combo widget and the list
+    holds more values than there are widgets (a control widget a newer ComfyUI added on
+    another input).
     Values left over at the end (widgets that are not inputs) are ignored."""
     widgets = widget_inputs(node_type)
     if isinstance(values, dict):
@@ -94,17 +95,25 @@ def map_widget_values(node_type: NodeType, values: Any) -> dict[str, Any]:
             break
         out[spec.name] = values[pos]
         pos += 1
-        if pos < len(values) and _is_control(values[pos]):
+        if pos < len(values) and _is_control(values[pos], spec):
             spare = (len(values) - pos) > (len(widgets) - index - 1)
-            if spare or has_control_widget(spec):
+            if has_control_widget(spec) or (spare and not isinstance(values[pos], bool)):
                 pos += 1
     return out
 
 
-def _is_control(value: Any) -> bool:
-    """A control widget's value: one of CONTROL_VALUES, or a boolean (frontends before
-    2023-08 stored "randomize" as ``true``, as ComfyUI's default graph still shows)."""
-    return isinstance(value, bool) or (isinstance(value, str) and value in CONTROL_VALUES)
+def _is_control(value: Any, spec: Input) -> bool:
+    """Whether ``value`` can be the control widget's value after ``spec``'s widget: one of
+    CONTROL_VALUES after a number or combo widget, or a boolean after a seed widget
+    (frontends before 2023-08 stored "randomize" as ``true``, as ComfyUI's default graph
+    still shows)."""
+    if isinstance(value, bool):
+        return has_control_widget(spec)
+    return (
+        isinstance(value, str)
+        and value in CONTROL_VALUES
+        and spec.type in (T.INT, T.FLOAT, T.COMBO)
+    )
 
 
 @dataclass(frozen=True)
