@@ -246,6 +246,7 @@ def test_load_workflow_needs_node_types_for_the_ui_format():
         load_workflow(UI / "default_ui.json")
 
 
+@pytest.mark.slow
 def test_easel_run_takes_a_ui_format_file(tmp_path, cache_folder, monkeypatch):
     from bot.cli import cli
 
