@@ -316,7 +316,7 @@ def ui_to_api(data: dict[str, Any], node_types: Mapping[str, NodeType]) -> dict[
         )
     graph = _Graph(data)
     if not graph.nodes:
-        raise WorkflowError("this UI-format workflow has no nodes")
+        raise WorkflowError("this workflow in ComfyUI's UI format has no nodes")
     missing = []
     output: dict[str, dict[str, Any]] = {}
     for node_id, node in graph.nodes.items():

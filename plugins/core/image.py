@@ -223,19 +223,10 @@ def _node_widget(workflow: dict[str, Any], ref: str) -> str:
     """The literal value behind ``%Node.widget%``: the node by id, else by title
     (``_meta.title``), else by class type (ComfyUI's "Node name for S&R")."""
     name, _, widget = ref.rpartition(".")
+    nodes = [n for n in workflow.values() if isinstance(n, dict)]
     candidates = [workflow[name]] if isinstance(workflow.get(name), dict) else []
-    for key in ("title", "class_type"):
-        if not candidates:
-            candidates = [
-                n
-                for n in workflow.values()
-                if isinstance(n, dict)
-                and (
-                    (n.get("_meta") or {}).get("title") == name
-                    if key == "title"
-                    else n.get("class_type") == name
-                )
-            ]
+    candidates = candidates or [n for n in nodes if (n.get("_meta") or {}).get("title") == name]
+    candidates = candidates or [n for n in nodes if n.get("class_type") == name]
     if not candidates:
         raise ValueError(
             f"filename_prefix token %{ref}%: no node with id, title or type {name!r} in the workflow"

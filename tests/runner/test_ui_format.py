@@ -218,7 +218,7 @@ def test_unknown_node_types_are_named_with_id_title_and_position(node_types):
         (lambda d: d["nodes"][0]["inputs"][0].update(link=77), "link 77"),
         (lambda d: d["nodes"].append(copy.deepcopy(d["nodes"][0])), "given twice"),
         (lambda d: d["nodes"].append({"type": "X"}), "without an id"),
-        (lambda d: d.update(nodes=[]), "no nodes"),
+        (lambda d: d.update(nodes=[]), "UI format has no nodes"),
         (lambda d: d.update(definitions={"subgraphs": [{"id": "x"}]}), "subgraphs"),
     ],
 )
