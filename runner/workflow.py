@@ -1,4 +1,5 @@
-"""Reading workflows in ComfyUI's API format, and applying ``--set`` overrides.
+"""Reading workflows (ComfyUI's API or UI format, JSON or in an image), and applying
+``--set`` overrides.
 
 A workflow is a JSON object mapping node ids to ``{"class_type": ..., "inputs": {...}}``;
 an input is a literal or a link ``[node_id, output_index]``. Structural problems inside
@@ -10,24 +11,37 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from runner.errors import WorkflowError
+from runner.nodes import NodeType
+from runner.ui_format import is_ui_workflow, ui_to_api
 
 Workflow = dict[str, Any]
 
 MAX_WORKFLOW_BYTES = 8 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Largest image file read for its embedded workflow (only its text chunks are parsed)."""
 
 
-def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
-    """A workflow from a dict, a path to a JSON file, or a JSON string.
+def load_workflow(
+    source: str | Path | dict[str, Any], node_types: Mapping[str, NodeType] | None = None
+) -> Workflow:
+    """A workflow from a dict, a path to a JSON file or an image, or a JSON string.
 
-    Accepts the API format, and also ``{"prompt": {...}}`` as ComfyUI's ``/prompt``
-    endpoint takes it. Raises :class:`WorkflowError` naming the problem.
+    Accepts the API format, ``{"prompt": {...}}`` as ComfyUI's ``/prompt`` endpoint
+    takes it, ComfyUI's UI format (what its Save writes; converted with the node types'
+    input specs, so ``node_types`` must be given), and PNG or WebP images carrying a
+    ``prompt`` (preferred) or ``workflow`` chunk as ComfyUI and easel write them.
+    Raises :class:`WorkflowError` naming the problem.
     """
     if isinstance(source, dict):
         data: Any = source
+    elif _is_image_path(source):
+        data = _workflow_from_image(Path(source))
     else:
         text = _read_text(source)
         try:
@@ -45,12 +59,61 @@ def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
         data = data["prompt"]
     if not isinstance(data, dict):
         raise WorkflowError(f"a workflow must be a JSON object of nodes, got {type(data).__name__}")
-    if "nodes" in data and "links" in data and isinstance(data.get("nodes"), list):
-        raise WorkflowError(
-            "this is ComfyUI's UI format (it has 'nodes' and 'links'); export it with "
-            "'Export (API)' in ComfyUI and run that file"
-        )
+    if is_ui_workflow(data):
+        if node_types is None:
+            raise WorkflowError(
+                "this is ComfyUI's UI format (it has 'nodes' and 'links'); converting it needs "
+                "the node types (load_workflow(..., node_types=env.node_types)), or export it "
+                "with 'Export (API)' in ComfyUI"
+            )
+        return ui_to_api(data, node_types)
     return copy.deepcopy(data)
+
+
+def _is_image_path(source: str | Path) -> bool:
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return False
+    path = Path(source)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return head.startswith(PNG_SIGNATURE) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _workflow_from_image(path: Path) -> Any:
+    """The workflow an image carries: its ``prompt`` chunk (API format), else its
+    ``workflow`` chunk (UI format), parsed from JSON."""
+    from runner.images import image_workflow_text  # Pillow: only for images
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise WorkflowError(
+                f"image {path} is {size} bytes, more than the {MAX_IMAGE_BYTES} allowed"
+            )
+        chunks = image_workflow_text(path.read_bytes())
+    except OSError as exc:
+        raise WorkflowError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise WorkflowError(f"image {path}: {exc}") from exc
+    for key in ("prompt", "workflow"):
+        text = chunks.get(key)
+        if not text:
+            continue
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WorkflowError(
+                f"image {path}: its {key!r} chunk is not valid JSON ({exc.msg})"
+            ) from exc
+    if "parameters" in chunks:
+        raise WorkflowError(
+            f"image {path} carries only A1111 'parameters', no ComfyUI workflow "
+            "('prompt' or 'workflow' chunk)"
+        )
+    raise WorkflowError(f"image {path} carries no workflow ('prompt' or 'workflow' chunk)")
 
 
 def _read_text(source: str | Path) -> str:

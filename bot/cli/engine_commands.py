@@ -269,8 +269,10 @@ def generate(
 @click.option("--previews", is_flag=True, help="Include small step previews in progress events.")
 @handle_errors
 def run_workflows(workflows, overrides, events, previews):
-    """Run WORKFLOWS (ComfyUI API-format JSON files) in order, in one process, so the node cache
-    carries over between them."""
+    """Run WORKFLOWS in order, in one process, so the node cache carries over between them.
+
+    Each is a ComfyUI workflow in the API format (Export (API)) or the UI format (Save), as
+    JSON, or a PNG/WebP image carrying one (its ``prompt`` chunk, else its ``workflow``)."""
     from runner.errors import (
         EaselError,
         JobCancelled,
@@ -281,14 +283,16 @@ def run_workflows(workflows, overrides, events, previews):
     from runner.workflow import apply_overrides, load_workflow
 
     settings = load_settings()
+    env = make_environment(settings)  # its node types convert UI-format files
     loaded = []
     for path in workflows:  # read everything first: a typo in the 3rd file fails before any work
         try:
-            loaded.append((path, apply_overrides(load_workflow(path), list(overrides))))
+            workflow = load_workflow(path, node_types=env.node_types)
+            loaded.append((path, apply_overrides(workflow, list(overrides))))
         except WorkflowError as exc:
             click.echo(f"error: {path}: {exc}", err=True)
+            close_environment(env)
             sys.exit(EXIT_BAD_INPUT)
-    env = make_environment(settings)
     worst = 0
     for path, workflow in loaded:
         try:

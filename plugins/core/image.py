@@ -1,12 +1,16 @@
-"""ComfyUI's image nodes: LoadImage, SaveImage (PNG with the workflow in a ``prompt`` chunk
-and A1111's ``parameters``), PreviewImage, ImageScale and ImageScaleBy."""
+"""ComfyUI's image nodes: LoadImage, SaveImage (PNG with the workflow in ``prompt`` and
+``workflow`` chunks and A1111's ``parameters``), PreviewImage, SaveImageWebsocket,
+SaveAnimatedWEBP, SaveAnimatedPNG, ImageScale and ImageScaleBy."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,9 @@ from runner.images import (
     png_bytes,
     tensor_to_pils,
 )
+from runner.ui_layout import api_to_ui
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -184,10 +191,97 @@ def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
 
 
 _PREFIX_OK = re.compile(r"^[\w\-. /]{1,120}$")
+_TOKEN = re.compile(r"%([^%]*)%")
+_DATE_PART = re.compile(r"yyyy|yy|dd?|MM?|hh?|mm?|ss?")
+_CLOCK_TOKENS = ("year", "month", "day", "hour", "minute", "second")
+_UNSAFE_IN_VALUE = re.compile(r"[^\w\-. ]")
+
+
+def format_date(pattern: str, when: datetime) -> str:
+    """ComfyUI's ``%date:...%`` format: yyyy, yy, M/MM (month), d/dd, h/hh (0-23), m/mm,
+    s/ss; a doubled letter pads to two digits; other characters stay as they are."""
+
+    def part(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "yyyy":
+            return f"{when.year:04d}"
+        if token == "yy":
+            return f"{when.year % 100:02d}"
+        value = {
+            "d": when.day,
+            "M": when.month,
+            "h": when.hour,
+            "m": when.minute,
+            "s": when.second,
+        }[token[0]]
+        return f"{value:02d}" if len(token) == 2 else str(value)
+
+    return _DATE_PART.sub(part, pattern)
+
+
+def _node_widget(workflow: dict[str, Any], ref: str) -> str:
+    """The literal value behind ``%Node.widget%``: the node by id, else by title
+    (``_meta.title``), else by class type (ComfyUI's "Node name for S&R")."""
+    name, _, widget = ref.rpartition(".")
+    nodes = [n for n in workflow.values() if isinstance(n, dict)]
+    candidates = [workflow[name]] if isinstance(workflow.get(name), dict) else []
+    candidates = candidates or [n for n in nodes if (n.get("_meta") or {}).get("title") == name]
+    candidates = candidates or [n for n in nodes if n.get("class_type") == name]
+    if not candidates:
+        raise ValueError(
+            f"filename_prefix token %{ref}%: no node with id, title or type {name!r} in the workflow"
+        )
+    inputs = candidates[0].get("inputs") or {}
+    if widget not in inputs:
+        raise ValueError(f"filename_prefix token %{ref}%: node {name!r} has no input {widget!r}")
+    value = inputs[widget]
+    if isinstance(value, list):
+        raise ValueError(
+            f"filename_prefix token %{ref}%: input {widget!r} of node {name!r} is a link, not a value"
+        )
+    return _UNSAFE_IN_VALUE.sub("_", str(value))
+
+
+def expand_prefix(
+    filename_prefix: str,
+    *,
+    workflow: dict[str, Any] | None,
+    width: int | None,
+    height: int | None,
+    when: datetime | None = None,
+) -> str:
+    """``filename_prefix`` with ComfyUI's tokens replaced: ``%date:yyyy-MM-dd%``,
+    ``%width%``, ``%height%``, ``%year%`` ... ``%second%``, and ``%NodeTitle.widget%`` or
+    ``%node_id.widget%`` (the literal input of that node; characters that cannot be in a
+    file name become ``_``). ``%batch_num%`` is left for the caller (one per image).
+    With ``workflow`` None, node references become ``x`` (for checks before a run)."""
+    when = when or datetime.now()
+
+    def token(match: re.Match[str]) -> str:
+        body = match.group(1)
+        if body.startswith("date:"):
+            return format_date(body[5:], when)
+        if body in ("width", "height"):
+            value = width if body == "width" else height
+            return "x" if value is None else str(value)
+        if body in _CLOCK_TOKENS:
+            value = getattr(when, body)
+            return str(value) if body == "year" else f"{value:02d}"
+        if body == "batch_num":
+            return match.group(0)
+        if "." in body and not body.startswith(".") and not body.endswith("."):
+            return "x" if workflow is None else _node_widget(workflow, body)
+        raise ValueError(
+            f"filename_prefix {filename_prefix!r}: unknown token %{body}%; use %date:yyyy-MM-dd%, "
+            "%width%, %height%, %year%..%second%, %batch_num% or %NodeTitle.widget%"
+        )
+
+    return _TOKEN.sub(token, filename_prefix)
 
 
 def prefix_problem(filename_prefix: str, folder: Path) -> str | None:
-    """Why ``filename_prefix`` cannot name files inside ``folder``, or None."""
+    """Why ``filename_prefix`` (tokens already expanded) cannot name files inside
+    ``folder``, or None."""
     if filename_prefix.startswith("/") or re.match(r"^[A-Za-z]:", filename_prefix):
         return f"filename_prefix {filename_prefix!r} is an absolute path; give a name (and subfolders) inside the output folder"
     if ".." in filename_prefix.split("/"):
@@ -206,41 +300,95 @@ def prefix_problem(filename_prefix: str, folder: Path) -> str | None:
 
 
 def _check_prefix(filename_prefix: str, env) -> str | None:
-    return prefix_problem(filename_prefix, env.settings.output_dir)
+    """Before the run: the tokens are known and the prefix, expanded with placeholders
+    for the values only known when saving, stays inside the output folder."""
+    try:
+        expanded = expand_prefix(filename_prefix, workflow=None, width=None, height=None)
+    except ValueError as exc:
+        return str(exc)
+    return prefix_problem(expanded.replace("%batch_num%", "0"), env.settings.output_dir)
 
 
-def _save(
-    ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path, kind: str
-) -> dict:
-    problem = prefix_problem(filename_prefix, folder)
+def _target(
+    ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path
+) -> tuple[Path, str, str]:
+    """(folder to write in, subfolder, file stem) for ``filename_prefix`` with its tokens
+    expanded for this workflow and these images; refuses names outside ``folder``."""
+    expanded = expand_prefix(
+        filename_prefix,
+        workflow=ctx.extra.get("workflow") or {},
+        width=int(images.shape[2]) if images.dim() == 4 else None,
+        height=int(images.shape[1]) if images.dim() == 4 else None,
+    )
+    problem = prefix_problem(expanded.replace("%batch_num%", "0"), folder)
     if problem:
         raise ValueError(problem)
-    sub, _, stem = filename_prefix.rpartition("/")
+    sub, _, stem = expanded.rpartition("/")
     target = (folder / sub).resolve() if sub else folder.resolve()
     target.mkdir(parents=True, exist_ok=True)
+    return target, sub, stem
+
+
+def _claim(target: Path, stem: str, suffix: str, counter: list[int]) -> Path:
+    """A new file name ``{stem}_{counter:05d}_{suffix}``, claimed atomically (O_EXCL)."""
+    while True:
+        path = target / f"{stem}_{counter[0]:05d}_{suffix}"
+        counter[0] += 1
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+
+
+def _first_counter(target: Path, stem: str, suffix: str) -> list[int]:
+    pattern = re.compile(re.escape(stem) + r"_(\d{5})_" + re.escape(suffix) + "$")
+    return [
+        1
+        + max(
+            (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
+        )
+    ]
+
+
+def _metadata(ctx: NodeContext, images: torch.Tensor) -> dict[str, str]:
+    """The text chunks of a saved image: ``prompt`` (API format), ``workflow`` (UI format,
+    laid out from the prompt and the node specs) and A1111's ``parameters``."""
     workflow = ctx.extra.get("workflow") or {}
     text = {"prompt": json.dumps(workflow)}
+    ui = ctx.extra.get("ui_workflow")
+    try:
+        text["workflow"] = json.dumps(
+            ui if isinstance(ui, dict) else api_to_ui(workflow, ctx.env.node_types)
+        )
+    except Exception:  # pragma: no cover - never lose the image over its layout
+        log.warning("could not lay out the workflow chunk", exc_info=True)
     params = _parameters_for(workflow, ctx.node_id)
     if params:
+        if images.dim() == 4:  # the saved image's size, not the first pass's
+            params["size"] = f"{int(images.shape[2])}x{int(images.shape[1])}"
         text["parameters"] = a1111_parameters(params)
     for key, value in (ctx.extra.get("png_text") or {}).items():
         text[str(key)] = str(value)
+    return text
+
+
+def _save(
+    ctx: NodeContext,
+    images: torch.Tensor,
+    filename_prefix: str,
+    folder: Path,
+    kind: str,
+    compress_level: int = 4,
+) -> dict:
+    target, sub, stem = _target(ctx, images, filename_prefix, folder)
+    text = _metadata(ctx, images)
     results = []
-    pattern = re.compile(re.escape(stem) + r"_(\d{5})_\.png$")
-    counter = 1 + max(
-        (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
-    )
-    for pil in tensor_to_pils(images):
-        data = png_bytes(pil, text)
-        while True:
-            path = target / f"{stem}_{counter:05d}_.png"
-            counter += 1
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # claim the name
-            except FileExistsError:
-                continue
-            os.close(fd)
-            break
+    counter = _first_counter(target, stem.replace("%batch_num%", "0"), ".png")
+    for index, pil in enumerate(tensor_to_pils(images)):
+        data = png_bytes(pil, text, compress_level=compress_level)
+        path = _claim(target, stem.replace("%batch_num%", str(index)), ".png", counter)
         write_atomic(path, data)
         results.append({"filename": path.name, "subfolder": sub, "type": kind, "path": str(path)})
     return {"ui": {"images": results}, "result": ()}
@@ -257,8 +405,9 @@ def _save(
     category="image",
 )
 def save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str):
-    """Saves images as PNG in the output folder, with the workflow (``prompt``) and A1111
-    ``parameters`` text chunks."""
+    """Saves images as PNG in the output folder, with the workflow (``prompt`` and UI-format
+    ``workflow``) and A1111 ``parameters`` text chunks. ``filename_prefix`` takes ComfyUI's
+    tokens (``%date:yyyy-MM-dd%``, ``%width%``, ``%KSampler.seed%``...) and subfolders."""
     return _save(ctx, images, filename_prefix, ctx.env.settings.output_dir, "output")
 
 
@@ -271,7 +420,112 @@ def save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str):
 )
 def preview_image(ctx: NodeContext, images: torch.Tensor):
     """Saves images to the temporary folder for a quick look."""
-    return _save(ctx, images, "preview", ctx.env.settings.cache_dir / "temp", "temp")
+    return _save(ctx, images, "preview", ctx.env.settings.cache_dir / "temp", "temp", 1)
+
+
+@node(
+    "SaveImageWebsocket",
+    inputs=[Input("images", T.IMAGE)],
+    outputs=(),
+    output_node=True,
+    category="api node/image",
+)
+def save_image_websocket(ctx: NodeContext, images: torch.Tensor):
+    """Hands the images to the caller rather than the output folder (ComfyUI's websocket
+    output): they land in the temporary folder and in the job's outputs."""
+    return _save(ctx, images, "websocket", ctx.env.settings.cache_dir / "temp", "temp", 1)
+
+
+WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+"""SaveAnimatedWEBP's ``method`` names -> libwebp's effort (0 fast .. 6 slow, smaller)."""
+
+
+def _frame_ms(fps: float) -> int:
+    return int(1000.0 / fps)
+
+
+@node(
+    "SaveAnimatedWEBP",
+    inputs=[
+        Input("images", T.IMAGE),
+        Input("filename_prefix", T.STRING, default="ComfyUI", check=_check_prefix),
+        Input("fps", T.FLOAT, default=6.0, min=0.01, max=1000.0, step=0.01),
+        Input("lossless", T.BOOLEAN, default=True),
+        Input("quality", T.INT, default=80, min=0, max=100),
+        Input("method", T.COMBO, choices=tuple(WEBP_METHODS)),
+    ],
+    outputs=(),
+    output_node=True,
+    category="image/animation",
+)
+def save_animated_webp(
+    ctx: NodeContext,
+    images: torch.Tensor,
+    filename_prefix: str,
+    fps: float,
+    lossless: bool,
+    quality: int,
+    method: str,
+):
+    """Saves an image batch as one animated WebP (each image a frame, 1000/fps ms each),
+    with the workflow in its EXIF as ComfyUI writes it (``prompt:``, ``workflow:``)."""
+    target, sub, stem = _target(ctx, images, filename_prefix, ctx.env.settings.output_dir)
+    stem = stem.replace("%batch_num%", "0")
+    text = _metadata(ctx, images)
+    exif = Image.Exif()
+    exif[0x0110] = "prompt:" + text["prompt"]
+    if "workflow" in text:
+        exif[0x010F] = "workflow:" + text["workflow"]
+    frames = tensor_to_pils(images)
+    buf = io.BytesIO()
+    frames[0].save(
+        buf,
+        format="WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=_frame_ms(fps),
+        exif=exif,
+        lossless=bool(lossless),
+        quality=int(quality),
+        method=WEBP_METHODS[method],
+    )
+    path = _claim(target, stem, ".webp", _first_counter(target, stem, ".webp"))
+    write_atomic(path, buf.getvalue())
+    result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
+    return {"ui": {"images": [result], "animated": (True,)}, "result": ()}
+
+
+@node(
+    "SaveAnimatedPNG",
+    inputs=[
+        Input("images", T.IMAGE),
+        Input("filename_prefix", T.STRING, default="ComfyUI", check=_check_prefix),
+        Input("fps", T.FLOAT, default=6.0, min=0.01, max=1000.0, step=0.01),
+        Input("compress_level", T.INT, default=4, min=0, max=9),
+    ],
+    outputs=(),
+    output_node=True,
+    category="image/animation",
+)
+def save_animated_png(
+    ctx: NodeContext, images: torch.Tensor, filename_prefix: str, fps: float, compress_level: int
+):
+    """Saves an image batch as one animated PNG (APNG, 1000/fps ms a frame) with the
+    ``prompt``, ``workflow`` and ``parameters`` text chunks."""
+    target, sub, stem = _target(ctx, images, filename_prefix, ctx.env.settings.output_dir)
+    stem = stem.replace("%batch_num%", "0")
+    frames = tensor_to_pils(images)
+    data = png_bytes(
+        frames[0],
+        _metadata(ctx, images),
+        compress_level=int(compress_level),
+        append_images=frames[1:],
+        duration=_frame_ms(fps),
+    )
+    path = _claim(target, stem, ".png", _first_counter(target, stem, ".png"))
+    write_atomic(path, data)
+    result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
+    return {"ui": {"images": [result], "animated": (True,)}, "result": ()}
 
 
 IMAGE_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
@@ -339,4 +593,13 @@ def image_scale_by(ctx: NodeContext, image: torch.Tensor, upscale_method: str, s
 @hookimpl
 def easel_node_types():
     """ComfyUI's image loading, saving and scaling nodes."""
-    return [load_image, save_image, preview_image, image_scale, image_scale_by]
+    return [
+        load_image,
+        save_image,
+        preview_image,
+        save_image_websocket,
+        save_animated_webp,
+        save_animated_png,
+        image_scale,
+        image_scale_by,
+    ]
