@@ -291,7 +291,9 @@ def test_latent_from_batch_carries_masks_and_indices(module_env):
 
 def test_bad_choices_are_named(module_env):
     with pytest.raises(ValueError, match="'sideways'"):
-        call(module_env, "LatentFlip", samples={"samples": rand(1, 4, 2, 2)}, flip_method="sideways")
+        call(
+            module_env, "LatentFlip", samples={"samples": rand(1, 4, 2, 2)}, flip_method="sideways"
+        )
 
 
 # Tiled VAE ------------------------------------------------------------------------------
