@@ -30,7 +30,15 @@ def save_inpaint_folder(pipe, folder: Path) -> Path:
     return folder
 
 
-def save_inpaint_single_file(pipe, path: Path) -> Path:
+def save_inpaint_single_file(pipe, path: Path, tokenizer_dir: Path) -> Path:
     """``pipe`` as one ``.safetensors`` file in the original SD1 key layout (its
-    ``model.diffusion_model.input_blocks.0.0.weight`` is ``[32, 9, 3, 3]``)."""
-    return write_original_layout(pipe, path, "sd1")
+    ``model.diffusion_model.input_blocks.0.0.weight`` is ``[32, 9, 3, 3]``), with a
+    ``<stem>.config/`` companion holding the configs, and no weights, of the ordinary
+    4-channel tiny SD1 model: the loader must take the 9 channels from the file."""
+    write_original_layout(pipe, path, "sd1")
+    companion = path.with_suffix(".config")
+    make_tiny_sd1_pipeline(tokenizer_dir).save_pretrained(companion)
+    for f in list(companion.rglob("*")):
+        if f.suffix in {".safetensors", ".bin"}:
+            f.unlink()
+    return path
