@@ -1,5 +1,6 @@
 """ComfyUI's latent nodes: EmptyLatentImage, VAEDecode and VAEEncode (between latents and
-images), LatentUpscale, LatentUpscaleBy and RepeatLatentBatch.
+images) and their tiled forms VAEDecodeTiled and VAEEncodeTiled, LatentUpscale,
+LatentUpscaleBy (with ``bislerp``) and RepeatLatentBatch.
 
 LATENT is ``{"samples": tensor}`` in the scale the UNet works in; IMAGE is a float tensor
 ``[batch, height, width, channels]`` in 0..1, as in ComfyUI.
@@ -11,7 +12,12 @@ import torch
 
 from runner import Input, Latent, NodeContext, VaeHandle, hookimpl, node
 from runner import types as T
-from runner.diffusion.common import MAX_RESOLUTION, resize_nchw
+from runner.diffusion.common import (
+    MAX_RESOLUTION,
+    latent_upscale_size,
+    resize_nchw,
+    tiled_apply,
+)
 
 
 @node(
@@ -102,7 +108,139 @@ def vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeHandle):
     return ({"samples": _vae_run(ctx, vae, (h, w), run)},)
 
 
-UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
+def _with_vae(vae: VaeHandle, fn):
+    """Run ``fn(module)`` on the VAE under the checkpoint's lock, in float32 where an fp16
+    VAE asks to be upcast, without diffusers' own tiling (the tiled nodes tile themselves)."""
+    ckpt = vae.checkpoint
+    module = ckpt.pipe.vae
+    upcast = module.dtype == torch.float16 and getattr(module.config, "force_upcast", False)
+    tiling = getattr(module, "use_tiling", False)
+    with ckpt.lock, torch.inference_mode():
+        module.use_tiling = False
+        if upcast:
+            module.to(torch.float32)
+        try:
+            return fn(module)
+        finally:
+            module.use_tiling = tiling
+            if upcast:
+                module.to(torch.float16)
+
+
+def _scale_shift(module) -> tuple[float, float]:
+    return module.config.scaling_factor, getattr(module.config, "shift_factor", None) or 0.0
+
+
+@node(
+    "VAEDecodeTiled",
+    inputs=[
+        Input("samples", T.LATENT),
+        Input("vae", T.VAE),
+        Input("tile_size", T.INT, default=512, min=64, max=4096, step=32),
+        Input("overlap", T.INT, default=64, min=0, max=4096, step=32),
+        Input("temporal_size", T.INT, default=64, min=8, max=4096, step=4),
+        Input("temporal_overlap", T.INT, default=8, min=4, max=4096, step=4),
+    ],
+    outputs=(T.IMAGE,),
+    category="latent",
+)
+def vae_decode_tiled(
+    ctx: NodeContext,
+    samples: Latent,
+    vae: VaeHandle,
+    tile_size: int,
+    overlap: int,
+    temporal_size: int = 64,
+    temporal_overlap: int = 8,
+):
+    """Decodes latents tile by tile (less memory for large images), as ComfyUI does: the
+    average of three tilings (``tile_size`` square, twice as tall and half as wide, half as
+    tall and twice as wide), tiles overlapping by ``overlap`` px with feathered seams
+    (``overlap`` is cut to a quarter of ``tile_size`` when larger). The temporal inputs are
+    for video VAEs and change nothing here."""
+    if tile_size < overlap * 4:
+        overlap = tile_size // 4
+    tile, ov = tile_size // 8, overlap // 8
+    latents = samples["samples"]
+
+    def run(module):
+        scale, shift = _scale_shift(module)
+        device = vae.checkpoint.device
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            x = (z / scale + shift).to(device, module.dtype)
+            return module.decode(x, return_dict=False)[0].float().cpu()
+
+        tilings = ((tile * 2, tile // 2), (tile // 2, tile * 2), (tile, tile))
+        total = sum(tiled_apply(latents, decode, th, tw, ov, 8, 3) for th, tw in tilings)
+        images = total / 3.0
+        if not torch.isfinite(images).all():
+            raise ValueError(
+                "the decoded image is not finite (NaN or infinity): the sampler diverged or fp16 overflowed"
+            )
+        return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+    return (_with_vae(vae, run),)
+
+
+@node(
+    "VAEEncodeTiled",
+    inputs=[
+        Input("pixels", T.IMAGE),
+        Input("vae", T.VAE),
+        Input("tile_size", T.INT, default=512, min=64, max=4096, step=64),
+        Input("overlap", T.INT, default=64, min=0, max=4096, step=32),
+        Input("temporal_size", T.INT, default=64, min=8, max=4096, step=4),
+        Input("temporal_overlap", T.INT, default=8, min=4, max=4096, step=4),
+    ],
+    outputs=(T.LATENT,),
+    category="latent",
+)
+def vae_encode_tiled(
+    ctx: NodeContext,
+    pixels: torch.Tensor,
+    vae: VaeHandle,
+    tile_size: int,
+    overlap: int,
+    temporal_size: int = 64,
+    temporal_overlap: int = 8,
+):
+    """Encodes images tile by tile, as ComfyUI does: cropped to a multiple of 8 px, then the
+    average of three tilings (``tile_size`` square, twice as wide and half as tall, half as
+    wide and twice as tall) with feathered overlaps. The temporal inputs are for video VAEs."""
+    if overlap * 2 >= tile_size:
+        raise ValueError(
+            f"overlap {overlap} px must be less than half the tile_size {tile_size} px"
+        )
+    h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
+    if h == 0 or w == 0:
+        raise ValueError(
+            f"image of {pixels.shape[2]}x{pixels.shape[1]} px is too small to encode (at least 8x8)"
+        )
+    oh, ow = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
+    x = pixels[:, oh : oh + h, ow : ow + w, :3].permute(0, 3, 1, 2) * 2 - 1
+
+    def run(module):
+        scale, shift = _scale_shift(module)
+        device = vae.checkpoint.device
+
+        def encode(part: torch.Tensor) -> torch.Tensor:
+            dist = module.encode(part.to(device, module.dtype), return_dict=False)[0]
+            return ((dist.mode() - shift) * scale).float().cpu()
+
+        channels = module.config.latent_channels
+        tilings = (
+            (tile_size, tile_size),
+            (tile_size // 2, tile_size * 2),
+            (tile_size * 2, tile_size // 2),
+        )
+        total = sum(tiled_apply(x, encode, th, tw, overlap, 1 / 8, channels) for th, tw in tilings)
+        return total / 3.0
+
+    return ({"samples": _with_vae(vae, run)},)
+
+
+UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
 
 @node(
@@ -120,10 +258,16 @@ UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic")
 def latent_upscale(
     ctx: NodeContext, samples: Latent, upscale_method: str, width: int, height: int, crop: str
 ):
-    """Resizes latents to a size in pixels (0 keeps the aspect ratio from the other side)."""
+    """Resizes latents to a size in pixels, each side at least 64 px (0 keeps the aspect
+    ratio from the other side; both 0 keeps the size), as ComfyUI rounds it."""
     latents = samples["samples"]
-    lw = 0 if width == 0 else max(1, width // 8)
-    lh = 0 if height == 0 else max(1, height // 8)
+    if width == 0 and height == 0:
+        return (samples,)
+    lw, lh = latent_upscale_size(latents.shape[-1], latents.shape[-2], width, height)
+    if lw * 8 > ctx.env.settings.max_width or lh * 8 > ctx.env.settings.max_height:
+        raise ValueError(
+            f"upscaling to {lw * 8}x{lh * 8} px exceeds the configured limit {ctx.env.settings.max_width}x{ctx.env.settings.max_height}"
+        )
     out = dict(samples)
     out["samples"] = resize_nchw(latents, lw, lh, upscale_method, crop)
     return (out,)
@@ -186,4 +330,6 @@ def easel_node_types():
         latent_upscale,
         latent_upscale_by,
         repeat_latent_batch,
+        vae_decode_tiled,
+        vae_encode_tiled,
     ]

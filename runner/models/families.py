@@ -15,10 +15,12 @@ fits both SD2 variants).
 
 **Checkpoint files** (:func:`family_of_keys`, header only; :func:`inspect_checkpoint` /
 :func:`family_of_checkpoint` also settle SD2's prediction type). Refused, with a
-:class:`~runner.errors.ModelError` naming the file: SDXL refiners, inpainting models (9
-input channels), instruct-pix2pix (8), the x4 upscaler (7), unCLIP, ControlNets, LoRAs /
+:class:`~runner.errors.ModelError` naming the file: SDXL refiners, instruct-pix2pix (8
+input channels), the x4 upscaler (7), unCLIP, ControlNets, LoRAs /
 LyCORIS and textual-inversion embeddings passed as a checkpoint, lone VAEs / UNets / text
 encoders, diffusers-format component files, and other architectures (SD3, Flux, ...).
+Inpainting models (9 UNet input channels: latent, mask, masked image) of each family load
+like the others (:attr:`CheckpointInfo.unet_in_channels` says which).
 
 **SD2 epsilon (512 px) or v-prediction (768 px)?** First match wins:
 
@@ -84,6 +86,17 @@ NATIVE_SIZES: dict[str, tuple[int, int]] = {
 """``(width, height)`` each family was trained at."""
 
 _SD2_V_STAT_THRESHOLD = 0.09
+
+INPAINT_CHANNELS = 9
+"""UNet input channels of an inpainting model: the noisy latent (4), the mask (1) and the
+encoded masked image (4)."""
+
+
+def unet_in_channels(shapes: Mapping[str, Sequence[int]]) -> int:
+    """The UNet's input channels from a single file's header shapes (its first
+    convolution's weight ``[out, in, 3, 3]``); 4 when the header does not say."""
+    shape = tuple(shapes.get(L.UNET_IN, ()))
+    return int(shape[1]) if len(shape) == 4 else 4
 
 
 def native_size(family: str) -> tuple[int, int]:
@@ -183,15 +196,14 @@ def family_of_keys(
             f"conditioner.embedders.*): a UNet-only file, not a full checkpoint"
         )
 
-    if in_channels != 4:
+    if in_channels not in (4, INPAINT_CHANNELS):
         what = {
-            9: "an inpainting model (9 input channels: latents, mask and masked image)",
             8: "an instruct-pix2pix style image-editing model (8 input channels)",
             7: "the x4 upscaler (7 input channels)",
         }.get(in_channels or 0, f"a model with {in_channels} UNet input channels")
         raise ModelError(
             f"{name}: this is {what}, based on {kind}. easel loads text-to-image checkpoints "
-            f"(4 input channels) only"
+            f"(4 input channels) and inpainting ones (9) only"
         )
     if has_label_emb and kind != "sdxl":
         raise ModelError(
@@ -231,6 +243,8 @@ class CheckpointInfo:
     """A ``ztsnr`` marker: trained with zero terminal SNR (rescaled betas)."""
     evidence: str
     """How the prediction type was decided, for logs and ``easel doctor``."""
+    unet_in_channels: int = 4
+    """4 for a text-to-image model, 9 for an inpainting one (:data:`INPAINT_CHANNELS`)."""
 
 
 def _yaml_parameterization(path: Path) -> str | None:
@@ -298,6 +312,7 @@ def inspect_checkpoint(
         prediction_type=prediction,
         zero_terminal_snr=ztsnr,
         evidence=evidence,
+        unet_in_channels=unet_in_channels(keys),
     )
 
 

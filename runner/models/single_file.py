@@ -109,7 +109,8 @@ def load_single_file(
     """Load a single-file SD1.x / SD2.x / SDXL ``.safetensors`` checkpoint fully offline.
 
     Returns the pipeline (a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
-    without safety checker, on the CPU, in ``torch_dtype``) and the family (``sd1``,
+    without safety checker, on the CPU, in ``torch_dtype``; an inpainting file's UNet has
+    its 9 input channels whatever the config folder says) and the family (``sd1``,
     ``sd2``, ``sd2-v`` or ``sdxl``). ``cache_dir`` holds the generated CLIP tokenizer files.
     The diffusers config folder is ``config_override_dir``, else ``<stem>.config/`` next to
     the file, else the shipped one for the family (see the module docstring).
@@ -156,6 +157,12 @@ def load_single_file(
                 kwargs["scheduler"] = scheduler_with(config_dir, index, **overrides)
             except Exception as exc:
                 raise ModelError(f"{path}: cannot build the scheduler: {exc}") from exc
+
+    # An inpainting UNet (9 input channels) under a 4-channel config: diffusers' legacy
+    # ``num_in_channels`` sets the UNet's in_channels alone (not the VAE's).
+    config_in = read_json(config_dir / "unet" / "config.json").get("in_channels", 4)
+    if info.unet_in_channels != config_in:
+        kwargs["num_in_channels"] = info.unet_in_channels
 
     if (
         family == "sd1"

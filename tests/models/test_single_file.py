@@ -424,8 +424,6 @@ def test_detect_family_from_keys_and_shapes(
     ("shapes", "match"),
     [
         (REFINER, "refiner"),
-        ({**SD1, U + "input_blocks.0.0.weight": (320, 9, 3, 3)}, "inpainting"),
-        ({**SDXL, U + "input_blocks.0.0.weight": (320, 9, 3, 3)}, "inpainting"),
         ({**SD1, U + "input_blocks.0.0.weight": (320, 8, 3, 3)}, "pix2pix"),
         ({**SD2, U + "label_emb.0.0.weight": (1280, 1024)}, "unCLIP"),
         (

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from runner_testlib import image_of, latent_of, txt2img_workflow
 
@@ -191,11 +192,13 @@ def test_latent_upscale_sizes(module_env):
         "LatentUpscale",
         samples=latent,
         upscale_method="nearest-exact",
-        width=64,
-        height=32,
+        width=128,
+        height=64,
         crop="center",
     )
-    assert torch.equal(crop["samples"], latent["samples"][:, :, 2:6, :])
+    # ComfyUI raises each side to at least 64 px; 128x64 crops the 8x8 latent to rows 2..6.
+    expected = F.interpolate(latent["samples"][:, :, 2:6, :], size=(8, 16), mode="nearest-exact")
+    assert torch.equal(crop["samples"], expected)
     assert latent["samples"].shape == (2, 4, 8, 8)  # the input is not changed
 
 
