@@ -1,8 +1,11 @@
-"""ComfyUI's loader nodes: CheckpointLoaderSimple and LoraLoader.
+"""ComfyUI's loader nodes: CheckpointLoaderSimple, CheckpointLoader, VAELoader, LoraLoader,
+LoraLoaderModelOnly, CLIPLoader and DualCLIPLoader.
 
-A checkpoint loads once (diffusers folder, single .safetensors file, or the built-in
-tiny-random) and stays in the model manager's cache; its MODEL, CLIP and VAE outputs are
-handles onto it (:mod:`runner.handles`).
+A checkpoint loads once (diffusers folder, single .safetensors or .ckpt file, or the
+built-in tiny-random) and stays in the model manager's cache; its MODEL, CLIP and VAE
+outputs are handles onto it (:mod:`runner.handles`). A standalone VAE or text encoder is
+a small checkpoint of its own in the same cache (:meth:`ModelManager.vae`), so the nodes
+that take a VAE or CLIP use it unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +42,41 @@ def checkpoint_loader(ctx: NodeContext, ckpt_name: str):
     model, text encoder and VAE."""
     checkpoint = ctx.env.models.checkpoint(ckpt_name)
     return ModelHandle(checkpoint), ClipHandle(checkpoint), VaeHandle(checkpoint)
+
+
+def _stamp(location) -> str:
+    paths = location if isinstance(location, tuple) else (location,)
+    parts = []
+    for path in paths:
+        probe = path / "config.json" if path.is_dir() else path
+        stat = probe.stat()
+        parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _vae_changed(ctx: NodeContext, vae_name: str, **_) -> str:
+    return _stamp(ctx.env.models.vae_location(vae_name))
+
+
+@node(
+    "VAELoader",
+    inputs=[
+        Input(
+            "vae_name",
+            T.COMBO,
+            choices=lambda env: env.models.vae_names(),
+            check=lambda name, env: env.models.check_vae_name(name),
+        )
+    ],
+    outputs=(T.VAE,),
+    output_names=("VAE",),
+    category="loaders",
+    is_changed=_vae_changed,
+)
+def vae_loader(ctx: NodeContext, vae_name: str):
+    """Loads a VAE from models/vae (original or diffusers layout, a file or a diffusers folder),
+    or ComfyUI's taesd / taesdxl tiny autoencoders from models/vae_approx."""
+    return (VaeHandle(ctx.env.models.vae(vae_name)),)
 
 
 def _lora_changed(ctx: NodeContext, lora_name: str, **_) -> str:
@@ -93,4 +131,4 @@ def lora_loader(
 @hookimpl
 def easel_node_types():
     """ComfyUI's checkpoint and LoRA loaders."""
-    return [checkpoint_loader, lora_loader]
+    return [checkpoint_loader, lora_loader, vae_loader]
