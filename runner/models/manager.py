@@ -480,6 +480,13 @@ class ModelManager(ModelListing):
             "models_folders": [str(p) for p in self.settings.model_roots],
             "checkpoints": self.checkpoint_names(),
             "loras": self.lora_names(),
+            "by_kind": self.models_by_kind(),
+            "extra_model_paths": {
+                kind: [str(p) for p in paths]
+                for group in self.extra_model_paths()
+                for kind, paths in group.items()
+            },
+            "allow_pickle_weights": self.settings.allow_pickle_weights,
             "refused_unsafe_files": [str(p) for p in self.unsafe_files()],
             "skipped": [
                 {"kind": m.kind, "name": m.name, "path": str(m.path), "reason": m.reason}
