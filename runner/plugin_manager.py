@@ -20,6 +20,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.sampling",
     "plugins.core.latent",
     "plugins.core.image",
+    "plugins.core.latent_io",
+    "plugins.core.upscale",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",

@@ -169,17 +169,26 @@ class ModelListing:
                     return candidate
         return None
 
-    def names_of(self, kind: str, *, folders_too: str | None = None) -> list[str]:
-        """Every model name of ``kind``: weight files, and with ``folders_too`` the
-        folders holding that file (``config.json`` for a diffusers VAE...)."""
+    def names_of(
+        self,
+        kind: str,
+        *,
+        folders_too: str | None = None,
+        suffixes: tuple[str, ...] | None = None,
+    ) -> list[str]:
+        """Every model name of ``kind``: weight files (or files with ``suffixes``), and
+        with ``folders_too`` the folders holding that file (``config.json`` for a
+        diffusers VAE...)."""
         names: list[str] = []
-        for _, rel, _path in self._kind_entries(kind, folders_too):
+        for _, rel, _path in self._kind_entries(kind, folders_too, suffixes):
             names.append(rel)
         return list(dict.fromkeys(names))
 
-    def _kind_entries(self, kind: str, folders_too: str | None = None):
+    def _kind_entries(
+        self, kind: str, folders_too: str | None = None, suffixes: tuple[str, ...] | None = None
+    ):
         for folder in self.folders(kind):
-            for rel, path, _ in scan_folder(folder, self.weight_suffixes(), False):
+            for rel, path, _ in scan_folder(folder, suffixes or self.weight_suffixes(), False):
                 if self._outside_problem(path, kind) is None and self._pickle_ok(path):
                     yield kind, rel, path
             if folders_too and folder.is_dir():

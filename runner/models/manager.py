@@ -472,6 +472,32 @@ class ModelManager(ModelListing):
         family = "sdxl" if "xl" in Path(str(rel_name(name))).name.lower() else "sd1"
         return self._component(f"vae:{name}", family, source, build)
 
+    def upscale_model_path(self, name: str) -> Path:
+        """The file of upscaler ``name`` under ``upscale_models/``."""
+        path = self.find_file("upscale_models", name, "upscale model")
+        if path is None:
+            available = ", ".join(self.upscale_model_names()) or "(none)"
+            raise ModelError(f"no upscale model named {name!r}; available: {available}")
+        return path
+
+    def upscale_model(self, name: str) -> Checkpoint:
+        """The loaded upscaler ``name``: a :class:`Checkpoint` whose ``pipe.model`` is an
+        ESRGAN-family network (:mod:`runner.models.upscalers`), in the model cache."""
+        from runner.models.upscalers import upscaler_from_state_dict
+        from runner.models.vae import read_weights
+
+        path = self.upscale_model_path(name)
+
+        def build() -> Components:
+            sd, _ = read_weights(path, self.settings.allow_pickle_weights)
+            model = upscaler_from_state_dict(sd, str(path))
+            # Upscalers run in float32 on the CPU; half precision on a GPU, as ComfyUI.
+            if self.device.type == "cuda" and self.dtype != torch.float32:
+                model.to(self.dtype)
+            return Components(model=model)
+
+        return self._component(f"upscaler:{name}", "upscaler", str(path), build)
+
     def describe(self) -> dict[str, Any]:
         """What can be loaded and what is loaded, for ``easel models``."""
         return {

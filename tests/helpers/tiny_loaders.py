@@ -100,3 +100,37 @@ def write_malicious_pickle(path: Path, marker: Path, tensors: dict[str, torch.Te
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": dict(tensors), "payload": RunsCode(marker)}, path)
     return path
+
+
+def tiny_esrgan(seed: int = 5, ups: int = 2, unshuffle: int = 1) -> Any:
+    """A tiny RRDBNet (8 features, growth 4, one block), seeded: x4 by default."""
+    from runner.models.upscalers import RRDBConfig, RRDBNet
+
+    torch.manual_seed(seed)
+    return RRDBNet(RRDBConfig(3, 3, 8, 4, 1, ups, unshuffle)).eval()
+
+
+def esrgan_original_keys(model: Any) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the original ESRGAN layout (``model.0``, ``model.1.sub.N.RDBk
+    .convj.0``, trunk ``model.1.sub.<nb>``, then upsampling convs at 3, 6..., HR conv and
+    last conv), as the first ESRGAN .pth files are laid out."""
+    sd = model.state_dict()
+    nb, ups = model.config.nb, model.config.ups
+    index = {"conv_first": 0}
+    at = 3
+    for i in range(ups):
+        index[f"conv_up{i + 1}"] = at
+        at += 3
+    index["conv_hr"] = at - 1
+    index["conv_last"] = at + 1
+    out = {}
+    for key, value in sd.items():
+        module, _, param = key.rpartition(".")
+        if module in index:
+            out[f"model.{index[module]}.{param}"] = value
+        elif module == "conv_body":
+            out[f"model.1.sub.{nb}.{param}"] = value
+        else:
+            _, block, rdb, conv = module.split(".")
+            out[f"model.1.sub.{block}.{rdb.upper()}.{conv}.0.{param}"] = value
+    return out
