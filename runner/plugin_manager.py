@@ -26,6 +26,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.inpaint",
     "plugins.core.latent_ops",
     "plugins.core.image_ops",
+    "plugins.core.latent_io",
+    "plugins.core.upscale",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",

@@ -44,7 +44,15 @@ def test_core_nodes_by_category():
         if name.startswith("plugins.core.")
     }
     expected = {
-        "plugins.core.loaders": ["CheckpointLoaderSimple", "LoraLoader"],
+        "plugins.core.loaders": [
+            "CheckpointLoader",
+            "CheckpointLoaderSimple",
+            "LoraLoader",
+            "LoraLoaderModelOnly",
+            "VAELoader",
+        ],
+        "plugins.core.latent_io": ["LoadImageOutput", "LoadLatent", "SaveLatent"],
+        "plugins.core.upscale": ["ImageUpscaleWithModel", "UpscaleModelLoader"],
         "plugins.core.conditioning": [
             "CLIPSetLastLayer",
             "CLIPTextEncode",
