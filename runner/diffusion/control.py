@@ -37,7 +37,9 @@ def hint_to_size(hint: torch.Tensor, height: int, width: int) -> torch.Tensor:
     the target aspect ratio, then nearest-exact resampling (ComfyUI's ``common_upscale``
     with ``"center"``)."""
     if hint.dim() != 4:
-        raise ValueError(f"a control hint must be an IMAGE [batch, height, width, channels], got {tuple(hint.shape)}")
+        raise ValueError(
+            f"a control hint must be an IMAGE [batch, height, width, channels], got {tuple(hint.shape)}"
+        )
     image = hint.movedim(-1, 1).float()
     old_h, old_w = image.shape[-2:]
     if (old_h, old_w) == (height, width):
@@ -149,7 +151,9 @@ class ControlResiduals:
                 mid = m if mid is None else mid + m
             else:
                 feats = [_per_chunk(f, counts) for f in self._adapter_features(spec, h, w)]
-                intra = feats if intra is None else [a + b for a, b in zip(intra, feats, strict=True)]
+                intra = (
+                    feats if intra is None else [a + b for a, b in zip(intra, feats, strict=True)]
+                )
         out: dict[str, Any] = {}
         if down is not None:
             out["down_block_additional_residuals"] = tuple(down)

@@ -108,9 +108,13 @@ def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     elif mask.dim() == 4:
         mask = mask[:, 0]
     if mask.dim() != 3:
-        raise ValueError(f"a mask must be [height, width] or [batch, height, width], got {tuple(mask.shape)}")
+        raise ValueError(
+            f"a mask must be [height, width] or [batch, height, width], got {tuple(mask.shape)}"
+        )
     if tuple(mask.shape[-2:]) != (height, width):
-        mask = F.interpolate(mask[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        mask = F.interpolate(
+            mask[:, None], size=(height, width), mode="bilinear", align_corners=False
+        )[:, 0]
     return mask
 
 
@@ -244,7 +248,9 @@ def _mirror_areas(sides: list[list[_Resolved]]) -> None:
                         smallest = cand
                 if smallest is None or smallest.area == item.area:
                     continue
-                other.append(_Resolved(_model_conds(item.entry, smallest.entry), item.area, item.mask))
+                other.append(
+                    _Resolved(_model_conds(item.entry, smallest.entry), item.area, item.mask)
+                )
 
 
 def _controls_to_uncond(sides: list[list[_Resolved]]) -> None:
@@ -256,7 +262,9 @@ def _controls_to_uncond(sides: list[list[_Resolved]]) -> None:
     controls = [
         r.entry.control
         for r in sides[0]
-        if r.area is None and r.entry.control is not None and r.entry.extra.get("control_apply_to_uncond")
+        if r.area is None
+        and r.entry.control is not None
+        and r.entry.extra.get("control_apply_to_uncond")
     ]
     if not controls:
         return
@@ -266,7 +274,9 @@ def _controls_to_uncond(sides: list[list[_Resolved]]) -> None:
             continue
         for n, control in enumerate(controls):
             k = free[n % len(free)]
-            other[k] = _Resolved(other[k].entry.replace(control=control), other[k].area, other[k].mask)
+            other[k] = _Resolved(
+                other[k].entry.replace(control=control), other[k].area, other[k].mask
+            )
 
 
 class Guidance:
@@ -361,7 +371,9 @@ class Guidance:
     @staticmethod
     def _pooled(c) -> torch.Tensor:
         if c.pooled is None:
-            raise ValueError("an SDXL model needs a pooled prompt embedding; this conditioning has none")
+            raise ValueError(
+                "an SDXL model needs a pooled prompt embedding; this conditioning has none"
+            )
         return c.pooled
 
     # -- ComfyUI's conditioning model ------------------------------------------------------
@@ -381,9 +393,7 @@ class Guidance:
         h, w = self.latent_shape[-2:]
         items: list[_Item] = []
         for j, job in enumerate(self.jobs):
-            resolved = [
-                [self._resolve(e, h, w) for e in side[j]] for side in sides
-            ]
+            resolved = [[self._resolve(e, h, w) for e in side[j]] for side in sides]
             _mirror_areas(resolved)
             _controls_to_uncond(resolved)
             for s, side in enumerate(resolved):
@@ -401,9 +411,9 @@ class Guidance:
         else:
             mult = torch.full((1, 1, ah, aw), float(entry.strength), device=self.device)
             if area is not None:
-                mult = mult * (
-                    _feather(ah, ay, h)[:, None] * _feather(aw, ax, w)[None, :]
-                ).to(self.device)
+                mult = mult * (_feather(ah, ay, h)[:, None] * _feather(aw, ax, w)[None, :]).to(
+                    self.device
+                )
         embeds = _repeat(entry.embeds, n).to(self.device, self.dtype)
         added = self._added(entry, side, n, h, w) if self.checkpoint.is_xl else None
         concat = None
@@ -414,7 +424,9 @@ class Guidance:
             job=j,
             area=area,
             mult=mult.float(),
-            bounds=timestep_bounds(entry.start_percent, entry.end_percent, self.num_train_timesteps),
+            bounds=timestep_bounds(
+                entry.start_percent, entry.end_percent, self.num_train_timesteps
+            ),
             embeds=embeds,
             added=added,
             concat=concat,
@@ -495,7 +507,9 @@ class Guidance:
                 c += it.mult
         return [o / c for o, c in zip(out, count, strict=True)]
 
-    def _run(self, model_in: torch.Tensor, t: torch.Tensor, group: list[_Item]) -> list[torch.Tensor]:
+    def _run(
+        self, model_in: torch.Tensor, t: torch.Tensor, group: list[_Item]
+    ) -> list[torch.Tensor]:
         """One UNet call for a group of compatible items; each item's prediction."""
         xs = []
         for it in group:
@@ -515,7 +529,13 @@ class Guidance:
         control = group[0].control
         if control is not None:
             extra = self.controls(
-                control, sample, t, embeds, added, [x.shape[0] for x in xs], self.num_train_timesteps
+                control,
+                sample,
+                t,
+                embeds,
+                added,
+                [x.shape[0] for x in xs],
+                self.num_train_timesteps,
             )
         unet_in = sample
         if group[0].concat is not None:
@@ -556,10 +576,15 @@ class Guidance:
             added = None
             if self.checkpoint.is_xl:
                 pooled = _cat(
-                    [_repeat(self._pooled(c), j.count) for c, j in zip(side, self.jobs, strict=True)]
+                    [
+                        _repeat(self._pooled(c), j.count)
+                        for c, j in zip(side, self.jobs, strict=True)
+                    ]
                 )
                 time_ids = torch.tensor(
-                    [[height, width, 0, 0, height, width]], device=model_in.device, dtype=model_in.dtype
+                    [[height, width, 0, 0, height, width]],
+                    device=model_in.device,
+                    dtype=model_in.dtype,
                 ).repeat(model_in.shape[0], 1)
                 added = {
                     "text_embeds": pooled.to(model_in.device, model_in.dtype),

@@ -108,9 +108,7 @@ model sampled with LCM's boundary conditions (c_skip, c_out), which is what diff
 LCMScheduler computes; it runs with the ``lcm`` sampler only."""
 
 
-def _scheduler_config(
-    config, seed: int, prediction: str | None = None, zsnr: bool = False
-) -> dict:
+def _scheduler_config(config, seed: int, prediction: str | None = None, zsnr: bool = False) -> dict:
     out = dict(config)
     out["noise_sampler_seed"] = int(seed) % (2**63)
     if prediction is not None:
