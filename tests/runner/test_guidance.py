@@ -278,3 +278,34 @@ def test_two_jobs_with_different_entries_in_one_loop_match_each_alone(sd1):
     for a, b in zip(together, alone, strict=True):
         # A different batch composition changes the UNet's float rounding (latents ~10).
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_the_batching_key_keeps_plain_calls_together_and_splits_what_differs(sd1):
+    """runner.jobs batching: plain calls with different prompts share a loop as before;
+    entry structure, a noise mask and the model's prediction override each split it."""
+    from runner.diffusion.batched import SamplerCall, _group_key
+    from runner.handles import ModelHandle
+
+    model = ModelHandle(sd1)
+    kwargs = {"seed": 1, "steps": 2, "cfg": 5.0}
+
+    def key(positive, model=model, noise_mask=None, seed=1):
+        call = SamplerCall(
+            None,
+            model,
+            positive,
+            Conditioning(N.embeds),
+            torch.zeros(1, 4, 8, 8),
+            {**kwargs, "seed": seed},
+            noise_mask,
+        )
+        return _group_key(call)
+
+    plain = key(Conditioning(A.embeds))
+    assert key(Conditioning(B.embeds), seed=2) == plain
+    area = Conditioning(entries=[A, B.replace(area=Area(4, 4, 0, 0))])
+    assert key(area) != plain
+    assert key(area) == key(Conditioning(entries=[C, B.replace(area=Area(4, 4, 0, 0))]))
+    assert key(Conditioning(entries=[A, B.replace(area=Area(4, 8, 0, 0))])) != key(area)
+    assert key(Conditioning(A.embeds), noise_mask=torch.ones(1, 1, 8, 8)) != plain
+    assert key(Conditioning(A.embeds), model=ModelHandle(sd1, prediction="v_prediction")) != plain
