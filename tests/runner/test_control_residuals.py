@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.tiny_guidance import tiny_controlnet, tiny_t2i_adapter
 
 from runner.diffusion.control import hint_to_size
 from runner.diffusion.guidance import Guidance
 from runner.diffusion.sampling import SampleJob
 from runner.handles import Area, CondEntry, Conditioning, ControlSpec
+from tests.helpers.tiny_guidance import tiny_controlnet, tiny_t2i_adapter
 
 CPU = torch.device("cpu")
 T = torch.tensor(400.0)
@@ -156,7 +156,11 @@ def test_t2i_adapter_features_are_added_in_the_down_blocks(sd1):
     with torch.inference_mode():
         feats = [f * 0.8 for f in adapter.module(_centre_hint(spec.hint))]
         expected = sd1.pipe.unet(
-            X, T, encoder_hidden_states=E, down_intrablock_additional_residuals=feats, return_dict=False
+            X,
+            T,
+            encoder_hidden_states=E,
+            down_intrablock_additional_residuals=feats,
+            return_dict=False,
         )[0]
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     assert (out - _plain(sd1)).abs().max() > 1e-3

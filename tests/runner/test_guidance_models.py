@@ -47,7 +47,9 @@ def test_inpainting_unet_gets_the_noise_mask_and_the_input_latent(inpaint):
     out = _guide(inpaint, job, X)
     small = torch.zeros(1, 1, 8, 8)
     small[..., 2:6, 2:6] = 1.0
-    torch.testing.assert_close(out, _unet(inpaint, torch.cat([X, small, LATENT], 1), E), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out, _unet(inpaint, torch.cat([X, small, LATENT], 1), E), rtol=0, atol=1e-5
+    )
 
 
 def test_inpainting_unet_takes_the_entrys_concat_mask_and_latent_first(inpaint):
@@ -120,7 +122,9 @@ def test_sdxl_entries_path_equals_the_plain_path(xl):
     plain = SampleJob(0, torch.zeros_like(X), Conditioning(EX, PX), Conditioning(NX, PN))
     weak = Conditioning(entries=[CondEntry(EX, PX, strength=0.5)])
     entries = SampleJob(0, torch.zeros_like(X), weak, Conditioning(NX, PN))
-    torch.testing.assert_close(_guide(xl, entries, X, 6.0), _guide(xl, plain, X, 6.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        _guide(xl, entries, X, 6.0), _guide(xl, plain, X, 6.0), rtol=0, atol=1e-5
+    )
 
 
 def test_sdxl_refiner_gets_the_aesthetic_score(refiner):
@@ -134,4 +138,6 @@ def test_sdxl_refiner_gets_the_aesthetic_score(refiner):
     torch.testing.assert_close(out, uncond + 3.0 * (cond - uncond), rtol=0, atol=1e-5)
     plain = SampleJob(0, torch.zeros_like(X), Conditioning(EX, PX), Conditioning(NX, PN))
     out = _guide(refiner, plain, X, cfg=1.0)
-    torch.testing.assert_close(out, _xl_pred(refiner, EX, PX, [64, 64, 0, 0, 6.0]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out, _xl_pred(refiner, EX, PX, [64, 64, 0, 0, 6.0]), rtol=0, atol=1e-5
+    )
