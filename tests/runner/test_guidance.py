@@ -309,3 +309,38 @@ def test_the_batching_key_keeps_plain_calls_together_and_splits_what_differs(sd1
     assert key(Conditioning(entries=[A, B.replace(area=Area(4, 8, 0, 0))])) != key(area)
     assert key(Conditioning(A.embeds), noise_mask=torch.ones(1, 1, 8, 8)) != plain
     assert key(Conditioning(A.embeds), model=ModelHandle(sd1, prediction="v_prediction")) != plain
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "heun", "dpmpp_2m", "ddim", "lcm"])
+def test_inpainting_in_the_loop_works_with_every_scheduler_family(sd1, sampler):
+    """The unmasked half is re-noised with each scheduler's own add_noise at every step and
+    is exactly the input at the end; the masked half is sampled."""
+    latent = _x(8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1.0
+    out = _run(
+        sd1,
+        Conditioning(A.embeds),
+        Conditioning(N.embeds),
+        latent=latent,
+        noise_mask=mask,
+        sampler_name=sampler,
+        steps=3,
+    )
+    assert torch.equal(out[..., :4], latent[..., :4])
+    assert torch.isfinite(out).all() and (out[..., 4:] - latent[..., 4:]).abs().min() > 0
+
+
+def test_the_models_prediction_override_reaches_the_scheduler(sd1):
+    """ModelSamplingDiscrete's prediction type and zsnr change the schedule's arithmetic;
+    lcm sampling needs the lcm sampler."""
+    pos, neg = Conditioning(A.embeds), Conditioning(N.embeds)
+    eps = _run(sd1, pos, neg, steps=2)
+    assert torch.equal(_run(sd1, pos, neg, steps=2, prediction="eps"), eps)
+    v = _run(sd1, pos, neg, steps=2, prediction="v_prediction")
+    assert not torch.allclose(v, eps, atol=1e-3)
+    assert torch.isfinite(_run(sd1, pos, neg, steps=2, prediction="v_prediction", zsnr=True)).all()
+    with pytest.raises(ValueError, match="lcm sampler"):
+        _run(sd1, pos, neg, steps=2, prediction="lcm")
+    with pytest.raises(ValueError, match="'eps2'"):
+        _run(sd1, pos, neg, steps=2, prediction="eps2")
