@@ -102,10 +102,50 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _scheduler_config(config, seed: int) -> dict:
+PREDICTIONS = {"eps": "epsilon", "v_prediction": "v_prediction", "x0": "sample", "lcm": "epsilon"}
+"""ComfyUI's ModelSamplingDiscrete names -> diffusers' ``prediction_type``. ``lcm`` is an eps
+model sampled with LCM's boundary conditions (c_skip, c_out), which is what diffusers'
+LCMScheduler computes; it runs with the ``lcm`` sampler only."""
+
+
+def _scheduler_config(config, seed: int, prediction: str | None = None, zsnr: bool = False) -> dict:
     out = dict(config)
     out["noise_sampler_seed"] = int(seed) % (2**63)
+    if prediction is not None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction type {prediction!r}; expected one of {sorted(PREDICTIONS)}"
+            )
+        out["prediction_type"] = PREDICTIONS[prediction]
+    if zsnr:
+        out["rescale_betas_zero_snr"] = True
     return out
+
+
+def _check_prediction(prediction: str | None, sampler_name: str) -> None:
+    if prediction == "lcm" and sampler_name != "lcm":
+        raise ValueError(
+            f"a model set to lcm sampling (ModelSamplingDiscrete) runs with the lcm sampler, "
+            f"not {sampler_name!r}"
+        )
+
+
+def _noise_mask(job: SampleJob, device) -> torch.Tensor | None:
+    """The job's noise mask as ``[count, 1, h, w]`` float32 at the latent size (resized
+    bilinearly, as ComfyUI's ``prepare_mask``), or None."""
+    if job.noise_mask is None:
+        return None
+    mask = job.noise_mask.float()
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None]
+    mask = mask[:, :1]
+    h, w = job.latent.shape[-2:]
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask = torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear")
+    reps = -(-job.count // mask.shape[0])
+    return mask.repeat(reps, 1, 1, 1)[: job.count].to(device)
 
 
 def _schedule(
@@ -166,8 +206,11 @@ def sample(
     parts = []  # (scheduler, step kwargs, slice of the batch, seed)
     offset = 0
     for job in jobs:
+        _check_prediction(prediction, sampler_name)
         sched, step_kwargs = make_scheduler(
-            sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, job.seed)
+            sampler_name,
+            scheduler_name,
+            _scheduler_config(pipe.scheduler.config, job.seed, prediction, zsnr),
         )
         sched.set_timesteps(total, device=device)
         if "generator" in inspect.signature(sched.step).parameters:
@@ -190,18 +233,34 @@ def sample(
                 sched.set_begin_index(start_step * order)
 
     latent = latent.to(device=device, dtype=torch.float32)
-    pieces = []
+    masks = [_noise_mask(job, device) for job in jobs]
+    pieces, noises = [], []
     for sched, _, part, seed in parts:
         lat = latent[part]
         if not add_noise:
             pieces.append(lat)
+            noises.append(torch.zeros_like(lat))
             continue
         noise = initial_noise(tuple(lat.shape), seed).to(device)
+        noises.append(noise)
         if start_step == 0:
             pieces.append(noise * sched.init_noise_sigma + lat)
         else:
             pieces.append(sched.add_noise(lat, noise, timesteps[:1].repeat(lat.shape[0])))
     x = _cat(pieces).to(dtype)
+
+    def keep_unmasked(x: torch.Tensor, t) -> torch.Tensor:
+        """Inpainting (ComfyUI's KSamplerX0Inpaint): where a job's noise mask is 0 the
+        latent is its input latent noised to the current level, from the job's own noise."""
+        out = []
+        for j, (sched, _, part, _) in enumerate(parts):
+            xj, m = x[part], masks[j]
+            if m is not None:
+                lat = latent[part]
+                level = sched.add_noise(lat, noises[j], t.reshape(1).repeat(lat.shape[0]))
+                xj = (xj.float() * m + level * (1 - m)).to(x.dtype)
+            out.append(xj)
+        return _cat(out)
 
     guidance = Guidance(
         checkpoint, jobs, cfg, latent_shape=tuple(latent.shape), device=device, dtype=dtype
@@ -210,9 +269,12 @@ def sample(
     # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
     # dpmpp_sde) make two scheduler calls per step.
     n_steps = -(-len(timesteps) // order)
+    inpainting = any(m is not None for m in masks)
     lasts: list = [None] * len(parts)
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
+            if inpainting:
+                x = keep_unmasked(x, t)
             scaled = _cat([sched.scale_model_input(x[part], t) for sched, _, part, _ in parts])
             noise_pred = guidance(scaled, t)
             outs = []
@@ -226,5 +288,18 @@ def sample(
         denoised = [getattr(last, "pred_original_sample", None) for last in lasts]
         if all(d is not None for d in denoised):
             x = _cat(denoised)
-    out = x.to(torch.float32).cpu()
+    out = x.to(torch.float32)
+    if inpainting:
+        # Outside the mask the result is the input latent: exactly, when the schedule ran
+        # to its end or was fully denoised; noised to the level reached otherwise.
+        leftover = end_step < total and not force_full_denoise
+        finals = []
+        for j, (sched, _, part, _) in enumerate(parts):
+            m, target = masks[j], latent[part]
+            if m is not None and leftover:
+                t_next = first.timesteps[end_step * order : end_step * order + 1]
+                target = sched.add_noise(target, noises[j], t_next.repeat(target.shape[0]))
+            finals.append(out[part] if m is None else out[part] * m + target * (1 - m))
+        out = _cat(finals)
+    out = out.cpu()
     return [out[part] for part in bounds]
