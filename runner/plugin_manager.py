@@ -18,6 +18,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.loaders",
     "plugins.core.conditioning",
     "plugins.core.sampling",
+    "plugins.core.custom_sampling",
     "plugins.core.latent",
     "plugins.core.image",
     "plugins.clip_score",

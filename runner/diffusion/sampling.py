@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from runner.diffusion.guidance import Guidance
-from runner.diffusion.samplers import make_scheduler
+from runner.diffusion.model_sampling import diffusers_prediction
+from runner.diffusion.samplers import make_scheduler, uses_sigma_path
 from runner.handles import Conditioning
 
 # ComfyUI's latent -> RGB approximations, for step previews.
@@ -158,6 +159,25 @@ def sample(
     shapes = {tuple(j.latent.shape[1:]) for j in jobs}
     if len(shapes) > 1:
         raise ValueError(f"the jobs of one batch need latents of one shape, got {sorted(shapes)}")
+    if uses_sigma_path(sampler_name, scheduler_name, prediction, zsnr):  # easel's own samplers
+        from runner.diffusion.k_samplers.driver import sample_ksampler
+
+        return sample_ksampler(
+            checkpoint,
+            jobs,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler_name=scheduler_name,
+            denoise=denoise,
+            add_noise=add_noise,
+            start_step=start_step,
+            end_step=end_step,
+            force_full_denoise=force_full_denoise,
+            on_step=on_step,
+            prediction=prediction,
+            zsnr=zsnr,
+        )
     pipe = checkpoint.pipe
     unet = pipe.unet
     device = checkpoint.device
@@ -166,9 +186,10 @@ def sample(
     parts = []  # (scheduler, step kwargs, slice of the batch, seed)
     offset = 0
     for job in jobs:
-        sched, step_kwargs = make_scheduler(
-            sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, job.seed)
-        )
+        config = _scheduler_config(pipe.scheduler.config, job.seed)
+        if prediction is not None:  # ModelSamplingDiscrete eps / v_prediction / x0
+            config["prediction_type"] = diffusers_prediction(prediction)
+        sched, step_kwargs = make_scheduler(sampler_name, scheduler_name, config)
         sched.set_timesteps(total, device=device)
         if "generator" in inspect.signature(sched.step).parameters:
             step_kwargs["generator"] = torch.Generator("cpu").manual_seed(
