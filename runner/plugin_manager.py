@@ -19,6 +19,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.conditioning",
     "plugins.core.conditioning_ops",
     "plugins.core.sampling",
+    "plugins.core.custom_sampling",
     "plugins.core.latent",
     "plugins.core.image",
     "plugins.core.control",

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from runner.diffusion.guidance import Guidance
-from runner.diffusion.samplers import make_scheduler
+from runner.diffusion.model_sampling import PREDICTIONS, diffusers_prediction
+from runner.diffusion.samplers import make_scheduler, uses_sigma_path
 from runner.handles import Conditioning
 
 # ComfyUI's latent -> RGB approximations, for step previews.
@@ -102,21 +103,17 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-PREDICTIONS = {"eps": "epsilon", "v_prediction": "v_prediction", "x0": "sample", "lcm": "epsilon"}
-"""ComfyUI's ModelSamplingDiscrete names -> diffusers' ``prediction_type``. ``lcm`` is an eps
-model sampled with LCM's boundary conditions (c_skip, c_out), which is what diffusers'
-LCMScheduler computes; it runs with the ``lcm`` sampler only."""
-
-
 def _scheduler_config(config, seed: int, prediction: str | None = None, zsnr: bool = False) -> dict:
     out = dict(config)
     out["noise_sampler_seed"] = int(seed) % (2**63)
     if prediction is not None:
         if prediction not in PREDICTIONS:
             raise ValueError(
-                f"unknown prediction type {prediction!r}; expected one of {sorted(PREDICTIONS)}"
+                f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}"
             )
-        out["prediction_type"] = PREDICTIONS[prediction]
+        # lcm is an eps model sampled with LCM's boundary conditions, which diffusers'
+        # LCMScheduler computes itself (the lcm sampler only: _check_prediction).
+        out["prediction_type"] = diffusers_prediction(prediction) or "epsilon"
     if zsnr:
         out["rescale_betas_zero_snr"] = True
     return out
@@ -198,6 +195,25 @@ def sample(
     shapes = {tuple(j.latent.shape[1:]) for j in jobs}
     if len(shapes) > 1:
         raise ValueError(f"the jobs of one batch need latents of one shape, got {sorted(shapes)}")
+    if uses_sigma_path(sampler_name, scheduler_name, prediction, zsnr):  # easel's own samplers
+        from runner.diffusion.k_samplers.driver import sample_ksampler
+
+        return sample_ksampler(
+            checkpoint,
+            jobs,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler_name=scheduler_name,
+            denoise=denoise,
+            add_noise=add_noise,
+            start_step=start_step,
+            end_step=end_step,
+            force_full_denoise=force_full_denoise,
+            on_step=on_step,
+            prediction=prediction,
+            zsnr=zsnr,
+        )
     pipe = checkpoint.pipe
     unet = pipe.unet
     device = checkpoint.device
