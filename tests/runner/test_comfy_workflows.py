@@ -172,3 +172,23 @@ def test_sdxl_base_and_refiner(env):
 def test_hires_fix(env):
     result = env.run(load("hires_fix"))
     assert _size(result) == (96, 96) and len(result.images) == 1
+
+
+def test_sd_turbo_with_sampler_custom(env):
+    workflow = load("sd_turbo_sampler_custom")
+    result = env.run(workflow)
+    assert _size(result) == (64, 64) and len(result.images) == 1
+    # One step of SDTurboScheduler: two sigmas, the first its 1-step level, the last 0.
+    sigmas = result.values["20"][0]
+    assert sigmas.shape == (2,) and float(sigmas[-1]) == 0.0
+
+
+def test_lcm_with_model_sampling_discrete(env):
+    workflow = load("lcm_model_sampling")
+    result = env.run(workflow)
+    assert _size(result) == (64, 64) and len(result.images) == 1
+    # ModelSamplingDiscrete(lcm) changes the result against the checkpoint's own (eps).
+    eps = copy.deepcopy(workflow)
+    eps["20"]["inputs"]["sampling"] = "eps"
+    eps["3"]["inputs"]["sampler_name"] = "lcm"
+    assert not np.allclose(image_of(result), image_of(env.run(eps)))
