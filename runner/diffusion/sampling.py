@@ -120,10 +120,13 @@ def _scheduler_config(config, seed: int, prediction: str | None = None, zsnr: bo
 
 
 def _check_prediction(prediction: str | None, sampler_name: str) -> None:
-    if prediction == "lcm" and sampler_name != "lcm":
+    """LCM sampling reaches this (diffusers) path only with samplers easel runs through
+    diffusers alone (deis, uni_pc...), whose schedulers cannot apply LCM's boundary
+    conditions."""
+    if prediction == "lcm":
         raise ValueError(
-            f"a model set to lcm sampling (ModelSamplingDiscrete) runs with the lcm sampler, "
-            f"not {sampler_name!r}"
+            f"a model set to lcm sampling (ModelSamplingDiscrete) cannot run with sampler "
+            f"{sampler_name!r}; use lcm, euler or another of ComfyUI's k-diffusion samplers"
         )
 
 
