@@ -140,8 +140,15 @@ async def send(bot, result: JobResult, live: Live | None, kwargs: Any) -> discor
         channel = bot.get_channel(result.channel_id) or bot.get_partial_messageable(
             result.channel_id, guild_id=result.guild_id
         )
+        reference = live.status.reply_to() if live is not None else None
+        extra: dict[str, Any] = {}
+        if reference is not None:  # the member's message: the result is its reply
+            extra["reference"] = reference.to_reference(fail_if_not_exists=False)
+            extra["mention_author"] = False
         try:
-            return await channel.send(**make(), allowed_mentions=mentions, nonce=result.nonce)
+            return await channel.send(
+                **make(), **extra, allowed_mentions=mentions, nonce=result.nonce
+            )
         except discord.HTTPException as exc:
             log.warning(
                 "could not post job %s in channel %s: %s", result.job_id, result.channel_id, exc

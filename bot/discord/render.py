@@ -136,7 +136,8 @@ def details_embed(generation) -> Any:
     for name, value in fields:
         if value not in (None, ""):
             embed.add_field(name=name, value=escape(str(value))[:1024], inline=True)
-    embed.set_footer(text=f"by user {generation.user_id}")
+    # A mention renders as the member's name (embeds never ping anyone).
+    embed.add_field(name="By", value=f"<@{int(generation.user_id)}>", inline=True)
     return embed
 
 
