@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot.discord.actions import say
 from bot.discord.cogs.settings import texts
 from bot.discord.errors import reported
+from bot.discord.ranges import ceiling_limits, declare_max
 from bot.services.parsing import ParseError, parse_size
 
 MAX_SEED_OPTION = 2**53 - 1
@@ -54,6 +55,7 @@ class SettingsCog(commands.Cog):
 
     def __init__(self, bot):
         self.bot = bot
+        declare_max(self.settings_command, steps=ceiling_limits(bot.settings).max_steps)
 
     async def _save(self, user_id: int, changes: dict):
         from bot.services.errors import InvalidValue
