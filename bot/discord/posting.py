@@ -113,7 +113,9 @@ async def post_images(bot, result: JobResult, live: Live | None) -> discord.Mess
         stem=f"easel_{generation.id}",
     )
     params = result_parameters(generation)
-    resized = await asyncio.to_thread(source_size_note, settings, params)
+    resized = None
+    if generation.parent_id is None:  # an upload (a result's own V/U/reply say nothing)
+        resized = await asyncio.to_thread(source_size_note, settings, params)
     if resized:
         notes.append(resized)
     if prepared.note:

@@ -42,7 +42,10 @@ def pip_in_words(output: str) -> str:
         if listed and listed != "none":
             shown = ", ".join(v.strip() for v in listed.split(",")[-5:])
             return f"no version of {requirement} fits (the index has {shown})"
-        return f"no package {requirement} was found on the package index"
+        return (
+            f"no package {requirement} was found on the package index "
+            f"(pip: No matching distribution found for {requirement})"
+        )
     conflict = explain_conflict(output)
     if conflict:
         return scrub(conflict)[:MAX_WORDS_CHARS]
