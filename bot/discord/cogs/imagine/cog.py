@@ -16,6 +16,7 @@ from bot.discord.cogs.imagine.complete import (
     complete_size,
 )
 from bot.discord.errors import reported
+from bot.discord.ranges import ceiling_limits, declare_max
 from bot.discord.status import InteractionStatus
 
 ASPECTS = ["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9", "9:21"]
@@ -26,6 +27,8 @@ class ImagineCog(commands.Cog):
 
     def __init__(self, bot):
         self.bot = bot
+        ceiling = ceiling_limits(bot.settings)
+        declare_max(self.imagine, steps=ceiling.max_steps, count=ceiling.max_count)
 
     @app_commands.command(name="imagine")
     @app_commands.describe(
