@@ -45,8 +45,10 @@ def test_core_nodes_by_category():
     }
     expected = {
         "plugins.core.loaders": [
+            "CLIPLoader",
             "CheckpointLoader",
             "CheckpointLoaderSimple",
+            "DualCLIPLoader",
             "LoraLoader",
             "LoraLoaderModelOnly",
             "VAELoader",
