@@ -549,6 +549,14 @@ class ModelManager(ModelListing):
             checkpoint.family = found["family"]
             return checkpoint
 
+    def derived(self, key: str) -> Checkpoint | None:
+        """The checkpoint kept under ``key`` by :meth:`add_derived`, or None."""
+        with self._lock:
+            found = self._loaded.get(key)
+            if found is not None:
+                self._loaded.move_to_end(key)
+            return found
+
     def add_derived(self, key: str, checkpoint: Checkpoint) -> Checkpoint:
         """Keep a checkpoint made by a node (a merge) in the cache under ``key`` (a ``:``
         key, never a checkpoint name), within the memory budget; the one already there

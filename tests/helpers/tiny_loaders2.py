@@ -83,3 +83,44 @@ def save_tensors(sd: dict[str, torch.Tensor], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+def perturbed_copy(pipe: Any, folder: Path, seed: int = 11, scale: float = 0.05) -> Path:
+    """``pipe`` with seeded noise added to its UNet and text encoder, saved as a diffusers
+    folder at ``folder``: a second model of the same architecture to merge with."""
+    import copy
+
+    other = copy.deepcopy(pipe)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (other.unet, other.text_encoder):
+            for param in module.parameters():
+                param.add_(torch.randn(param.shape, generator=gen) * scale)
+    other.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_unet_lora(model_folder: Path, path: Path, seed: int = 3) -> Path:
+    """A LoRA with non-zero random weights on the UNet's attention projections of the model
+    in ``model_folder``, in diffusers' key format (``save_lora_weights``)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_folder, local_files_only=True)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            init_lora_weights=False,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        path.parent,
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        weight_name=path.name,
+        safe_serialization=True,
+    )
+    return path

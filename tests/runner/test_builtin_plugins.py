@@ -55,6 +55,14 @@ def test_core_nodes_by_category():
         ],
         "plugins.core.latent_io": ["LoadImageOutput", "LoadLatent", "SaveLatent"],
         "plugins.core.upscale": ["ImageUpscaleWithModel", "UpscaleModelLoader"],
+        "plugins.core.model_merging": [
+            "CLIPMergeSimple",
+            "CheckpointSave",
+            "ModelMergeAdd",
+            "ModelMergeBlocks",
+            "ModelMergeSimple",
+            "ModelMergeSubtract",
+        ],
         "plugins.core.conditioning": [
             "CLIPSetLastLayer",
             "CLIPTextEncode",

@@ -19,6 +19,27 @@ SPECS = {
         "type": {"type": "COMBO", "choices": list(DUAL_CLIP_LOADER_TYPES)},
         "device": _DEVICE,
     },
+    "ModelMergeSimple": {"model1": {"type": "MODEL"}, "model2": {"type": "MODEL"}, "ratio": _RATIO},
+    "ModelMergeBlocks": {
+        "model1": {"type": "MODEL"},
+        "model2": {"type": "MODEL"},
+        "input": _RATIO,
+        "middle": _RATIO,
+        "out": _RATIO,
+    },
+    "ModelMergeAdd": {"model1": {"type": "MODEL"}, "model2": {"type": "MODEL"}},
+    "ModelMergeSubtract": {
+        "model1": {"type": "MODEL"},
+        "model2": {"type": "MODEL"},
+        "multiplier": {"type": "FLOAT", "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01},
+    },
+    "CLIPMergeSimple": {"clip1": {"type": "CLIP"}, "clip2": {"type": "CLIP"}, "ratio": _RATIO},
+    "CheckpointSave": {
+        "model": {"type": "MODEL"},
+        "clip": {"type": "CLIP"},
+        "vae": {"type": "VAE"},
+        "filename_prefix": {"type": "STRING", "default": "checkpoints/ComfyUI"},
+    },
 }
 
 EXCEPTIONS: dict[str, str] = {}
