@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.image_ops",
     "plugins.core.latent_io",
     "plugins.core.upscale",
+    "plugins.core.model_merging",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",

@@ -4,10 +4,18 @@ A ``.latent`` file is ComfyUI's: safetensors with ``latent_tensor`` and an empty
 ``latent_format_version_0`` marker tensor. Version 0 holds the VAE's *raw* latents (what
 ComfyUI's LATENT carries); files without the marker (ComfyUI's first format) hold latents
 already multiplied by SD's 0.18215. easel's LATENT is in the UNet's scale (raw x the VAE's
-scaling factor), so SaveLatent divides by the scale and LoadLatent multiplies: 0.18215
-(SD1/SD2) unless the LATENT says otherwise (a ``latent_scale`` entry) or the file's
-metadata ``easel_latent_scale`` does (easel writes it, so its own files round-trip exactly
-for SDXL too). Loading reads tensors with the ``safetensors`` library only (no pickle).
+scaling factor), so SaveLatent divides by the scale and LoadLatent multiplies.
+
+A LATENT says which scale it is in: KSampler, KSamplerAdvanced, VAEEncode and
+VAEEncodeTiled add ``latent_format`` (ComfyUI's latent format name: ``SD15`` for SD1/SD2,
+``SDXL``) and ``latent_scale`` (the number: the VAE's scaling factor, or the family's for a
+TAESD, which works on UNet-scale latents directly), and the latent nodes pass them on as
+they pass every key they do not know (:func:`latent_tags`). SaveLatent uses
+``latent_scale``, else ``latent_format``'s, else SD's 0.18215 (EmptyLatentImage's zeros
+are the same in every scale), and writes both to the file's metadata
+(``easel_latent_scale``, ``easel_latent_format``); LoadLatent reads them back (a file
+without them, ComfyUI's, is SD's) and puts them on the LATENT, so a loaded SDXL latent
+saves again unchanged. Loading reads tensors with the ``safetensors`` library only.
 """
 
 from __future__ import annotations
@@ -26,10 +34,24 @@ from runner.files import safe_relative_path, write_atomic
 
 SD_LATENT_SCALE = 0.18215
 VERSION_KEY = "latent_format_version_0"
+LATENT_FORMATS = {"SD15": SD_LATENT_SCALE, "SDXL": 0.13025}
+"""ComfyUI's latent format names -> their scale factor."""
+
+
+def latent_tags(family: str, scale: float | None = None) -> dict:
+    """``{"latent_format": ..., "latent_scale": ...}`` for a LATENT of a model of ``family``
+    (``sdxl``: SDXL, every other SD family: SD15); ``scale`` overrides the number (a VAE's
+    own scaling factor)."""
+    name = "SDXL" if family == "sdxl" else "SD15"
+    if scale is not None:  # a VAE's own factor names its format where it is a known one
+        name = next((n for n, v in LATENT_FORMATS.items() if abs(v - scale) < 1e-7), name)
+    return {"latent_format": name, "latent_scale": float(scale or LATENT_FORMATS[name])}
 
 
 def _scale_of(samples: dict) -> float:
-    return float(samples.get("latent_scale", SD_LATENT_SCALE))
+    if "latent_scale" in samples:
+        return float(samples["latent_scale"])
+    return LATENT_FORMATS.get(str(samples.get("latent_format")), SD_LATENT_SCALE)
 
 
 def _check_prefix(filename_prefix: str, env) -> str | None:
@@ -65,7 +87,10 @@ def save_latent(ctx: NodeContext, samples: Latent, filename_prefix: str):
     raw = (samples["samples"].float() / scale).contiguous()
     data = save(
         {"latent_tensor": raw, VERSION_KEY: torch.tensor([])},
-        metadata={"easel_latent_scale": repr(scale)},
+        metadata={
+            "easel_latent_scale": repr(scale),
+            "easel_latent_format": str(samples.get("latent_format", "SD15")),
+        },
     )
     while True:
         path = target / f"{stem}_{counter:05d}_.latent"
@@ -136,12 +161,13 @@ def load_latent(ctx: NodeContext, latent: str):
         raise ValueError(f"{latent!r} is not a .latent (safetensors) file: {exc}") from None
     if tensor.ndim != 4:
         raise ValueError(f"{latent!r}: latent_tensor has shape {list(tensor.shape)}, not 4-D")
+    scale = float(metadata.get("easel_latent_scale", SD_LATENT_SCALE))
+    name = metadata.get("easel_latent_format", "SD15")
     if VERSION_KEY in keys:
-        scale = float(metadata.get("easel_latent_scale", SD_LATENT_SCALE))
         samples = tensor * scale
     else:  # ComfyUI's first format: already multiplied by SD's scale
-        samples = tensor
-    return ({"samples": samples},)
+        samples, scale, name = tensor, SD_LATENT_SCALE, "SD15"
+    return ({"samples": samples, "latent_format": name, "latent_scale": scale},)
 
 
 OUTPUT_ANNOTATION = " [output]"

@@ -14,6 +14,7 @@ import dataclasses
 
 from runner import ClipHandle, Input, ModelHandle, NodeContext, VaeHandle, hookimpl, node
 from runner import types as T
+from runner.models import text_encoders
 
 
 def _checkpoint_names(env) -> list[str]:
@@ -236,12 +237,117 @@ def lora_loader_model_only(
     return (new_model,)
 
 
+def _text_encoder_names(env) -> list[str]:
+    return env.models.text_encoder_names()
+
+
+def _check_text_encoder(name: str, env) -> str | None:
+    return env.models.check_text_encoder_name(name)
+
+
+def _type_check(supported: tuple[str, ...], choices: tuple[str, ...], node_name: str):
+    def check(value: str, env) -> str | None:
+        try:
+            text_encoders.check_type(value, supported, choices, node_name)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _text_encoders_changed(ctx: NodeContext, **literals) -> str:
+    parts = []
+    for key in ("clip_name", "clip_name1", "clip_name2"):
+        if key in literals:
+            path = ctx.env.models.text_encoder_path(literals[key])
+            stat = path.stat()
+            parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+_DEVICE = Input("device", T.COMBO, default="default", choices=("default", "cpu"), required=False)
+
+
+def _check_device(ctx: NodeContext, device: str) -> None:
+    if device == "cpu" and ctx.env.models.device.type != "cpu":
+        ctx.warn(
+            "device 'cpu' is not honoured: easel keeps text encoders on the device the "
+            f"models run on ({ctx.env.models.device})"
+        )
+
+
+@node(
+    "CLIPLoader",
+    inputs=[
+        Input("clip_name", T.COMBO, choices=_text_encoder_names, check=_check_text_encoder),
+        Input(
+            "type",
+            T.COMBO,
+            choices=text_encoders.CLIP_LOADER_TYPES,
+            check=_type_check(
+                text_encoders.SUPPORTED_SINGLE, text_encoders.CLIP_LOADER_TYPES, "CLIPLoader"
+            ),
+        ),
+        _DEVICE,
+    ],
+    outputs=(T.CLIP,),
+    output_names=("CLIP",),
+    category="advanced/loaders",
+    is_changed=_text_encoders_changed,
+)
+def clip_loader(ctx: NodeContext, clip_name: str, type: str, device: str = "default"):
+    """Loads a text encoder file from models/text_encoders (or models/clip): SD1's CLIP-L,
+    SD2's OpenCLIP-H or the SDXL refiner's OpenCLIP-G (type stable_diffusion)."""
+    text_encoders.check_type(
+        type, text_encoders.SUPPORTED_SINGLE, text_encoders.CLIP_LOADER_TYPES, "CLIPLoader"
+    )
+    _check_device(ctx, device)
+    return (ClipHandle(ctx.env.models.text_encoders((clip_name,))),)
+
+
+@node(
+    "DualCLIPLoader",
+    inputs=[
+        Input("clip_name1", T.COMBO, choices=_text_encoder_names, check=_check_text_encoder),
+        Input("clip_name2", T.COMBO, choices=_text_encoder_names, check=_check_text_encoder),
+        Input(
+            "type",
+            T.COMBO,
+            choices=text_encoders.DUAL_CLIP_LOADER_TYPES,
+            check=_type_check(
+                text_encoders.SUPPORTED_DUAL,
+                text_encoders.DUAL_CLIP_LOADER_TYPES,
+                "DualCLIPLoader",
+            ),
+        ),
+        _DEVICE,
+    ],
+    outputs=(T.CLIP,),
+    output_names=("CLIP",),
+    category="advanced/loaders",
+    is_changed=_text_encoders_changed,
+)
+def dual_clip_loader(
+    ctx: NodeContext, clip_name1: str, clip_name2: str, type: str, device: str = "default"
+):
+    """Loads SDXL's two text encoders (CLIP-L and OpenCLIP-G, in either order) from
+    models/text_encoders as one CLIP (type sdxl)."""
+    text_encoders.check_type(
+        type, text_encoders.SUPPORTED_DUAL, text_encoders.DUAL_CLIP_LOADER_TYPES, "DualCLIPLoader"
+    )
+    _check_device(ctx, device)
+    return (ClipHandle(ctx.env.models.text_encoders((clip_name1, clip_name2))),)
+
+
 @hookimpl
 def easel_node_types():
-    """ComfyUI's checkpoint and LoRA loaders."""
+    """ComfyUI's checkpoint, LoRA, VAE and text encoder loaders."""
     return [
         checkpoint_loader,
         checkpoint_loader_with_config,
+        clip_loader,
+        dual_clip_loader,
         lora_loader,
         lora_loader_model_only,
         vae_loader,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from plugins.core.latent_io import latent_tags
 from runner import Conditioning, Input, Latent, ModelHandle, NodeContext, hookimpl, node
 from runner import types as T
 from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
@@ -68,6 +69,7 @@ def _run_sampler(
             )
     result = dict(latent_image)
     result["samples"] = out
+    result.update(latent_tags(ckpt.family))  # which scale it is in (SaveLatent)
     return (result,)
 
 

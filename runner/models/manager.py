@@ -500,6 +500,76 @@ class ModelManager(ModelListing):
         family = "sdxl" if "xl" in Path(str(rel_name(name))).name.lower() else "sd1"
         return self._component(f"vae:{name}", family, source, build)
 
+    def text_encoder_path(self, name: str) -> Path:
+        """The file of text encoder ``name`` under ``text_encoders/`` (or ``clip/``)."""
+        path = self.find_file("text_encoders", name, "text encoder")
+        if path is None:
+            available = ", ".join(self.text_encoder_names()) or "(none)"
+            raise ModelError(f"no text encoder named {name!r}; available: {available}")
+        return path
+
+    def check_text_encoder_name(self, name: str) -> str | None:
+        """None if text encoder ``name`` resolves, else why not (for validation)."""
+        try:
+            self.text_encoder_path(name)
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    def text_encoders(self, names: tuple[str, ...]) -> Checkpoint:
+        """The loaded standalone text encoder(s) ``names`` (one for CLIPLoader, SDXL's two
+        for DualCLIPLoader): a :class:`Checkpoint` whose pipe is a diffusers pipeline with
+        no UNet or VAE around them and the CLIP tokenizer(s)
+        (:mod:`runner.models.text_encoders`), in the model cache."""
+        from runner.models import text_encoders as te
+
+        paths = [self.text_encoder_path(name) for name in names]
+        allow = self.settings.allow_pickle_weights
+        found: dict[str, str] = {}
+
+        def build() -> Any:
+            encoders = []
+            for path in paths:
+                sd, kind = te.read_encoder(path, allow)
+                encoders.append((sd, kind, str(path)))
+            pipe, family = te.build_text_encoder_pipe(
+                encoders, cache_dir=self.settings.cache_dir, dtype=self.dtype
+            )
+            pipe.set_progress_bar_config(disable=True)
+            found["family"] = family
+            return pipe
+
+        key = "clip:" + "|".join(f"{p}:{p.stat().st_mtime_ns}" for p in paths)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                return loaded
+            checkpoint = self._component(key, "pending", " + ".join(map(str, paths)), build)
+            checkpoint.family = found["family"]
+            return checkpoint
+
+    def derived(self, key: str) -> Checkpoint | None:
+        """The checkpoint kept under ``key`` by :meth:`add_derived`, or None."""
+        with self._lock:
+            found = self._loaded.get(key)
+            if found is not None:
+                self._loaded.move_to_end(key)
+            return found
+
+    def add_derived(self, key: str, checkpoint: Checkpoint) -> Checkpoint:
+        """Keep a checkpoint made by a node (a merge) in the cache under ``key`` (a ``:``
+        key, never a checkpoint name), within the memory budget; the one already there
+        under that key is returned instead, so equal merges share their weights."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                return loaded
+            self._make_room(checkpoint.size_bytes)
+            self._loaded[key] = checkpoint
+            return checkpoint
+
     def upscale_model_path(self, name: str) -> Path:
         """The file of upscaler ``name`` under ``upscale_models/``."""
         path = self.find_file("upscale_models", name, "upscale model")

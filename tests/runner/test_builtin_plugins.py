@@ -45,14 +45,24 @@ def test_core_nodes_by_category():
     }
     expected = {
         "plugins.core.loaders": [
+            "CLIPLoader",
             "CheckpointLoader",
             "CheckpointLoaderSimple",
+            "DualCLIPLoader",
             "LoraLoader",
             "LoraLoaderModelOnly",
             "VAELoader",
         ],
         "plugins.core.latent_io": ["LoadImageOutput", "LoadLatent", "SaveLatent"],
         "plugins.core.upscale": ["ImageUpscaleWithModel", "UpscaleModelLoader"],
+        "plugins.core.model_merging": [
+            "CLIPMergeSimple",
+            "CheckpointSave",
+            "ModelMergeAdd",
+            "ModelMergeBlocks",
+            "ModelMergeSimple",
+            "ModelMergeSubtract",
+        ],
         "plugins.core.conditioning": [
             "CLIPSetLastLayer",
             "CLIPTextEncode",
