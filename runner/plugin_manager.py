@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.image_ops",
     "plugins.core.latent_io",
     "plugins.core.upscale",
+    "plugins.core.vision",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",
