@@ -64,7 +64,7 @@ def make_tiny_unclip_pipeline(tokenizer_dir: Path):
     from tests.helpers.tiny import make_tiny_sd2_pipeline
 
     base = make_tiny_sd2_pipeline(tokenizer_dir, prediction_type="v_prediction")
-    config = dict(base.unet.config)
+    config = {k: v for k, v in base.unet.config.items() if not k.startswith("_")}
     config.update(
         class_embed_type="projection",
         projection_class_embeddings_input_dim=2 * VISION_PROJECTION,
