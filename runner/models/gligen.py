@@ -92,7 +92,9 @@ def gligen_from_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> Glige
         fusers.append(fuser)
     positive_len = int(sd["position_net.null_positive_feature"].shape[0])
     net = GLIGENTextBoundingboxProjection(positive_len=positive_len, out_dim=key_dim)
-    position = {k[len("position_net.") :]: v for k, v in sd.items() if k.startswith("position_net.")}
+    position = {
+        k[len("position_net.") :]: v for k, v in sd.items() if k.startswith("position_net.")
+    }
     _load(net, position, f"{source} position_net", optional=("fourier_embedder",))
     return GligenModel(net, fusers, key_dim).eval()
 
@@ -101,7 +103,9 @@ def _load(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, optional
     wanted = {k for k in module.state_dict() if not k.startswith(tuple(optional))}
     missing, extra = sorted(wanted - set(sd)), sorted(set(sd) - set(module.state_dict()))
     if missing or extra:
-        raise ModelError(f"{what}: weights do not fit (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ModelError(
+            f"{what}: weights do not fit (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     module.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
 
 

@@ -157,8 +157,9 @@ def read_hypernetwork(path: Path, allow_pickle: bool) -> Hypernetwork:
             )
         state = _restricted_load(path)
         return hypernetwork_from_state(state, str(path))
-    from runner.files import check_weights_path, read_safetensors_header
     from safetensors.torch import load_file
+
+    from runner.files import check_weights_path, read_safetensors_header
 
     check_weights_path(path)
     meta = read_safetensors_header(path).metadata or {}
@@ -232,8 +233,14 @@ class HypernetworkAttnProcessor(nn.Module):
             if pair is None:
                 continue
             k_mlp, v_mlp = pair
-            k_in = k_in + k_mlp(k_in.to(next(k_mlp.parameters()).dtype)).to(k_in.dtype) * patch.strength
-            v_in = v_in + v_mlp(v_in.to(next(v_mlp.parameters()).dtype)).to(v_in.dtype) * patch.strength
+            k_in = (
+                k_in
+                + k_mlp(k_in.to(next(k_mlp.parameters()).dtype)).to(k_in.dtype) * patch.strength
+            )
+            v_in = (
+                v_in
+                + v_mlp(v_in.to(next(v_mlp.parameters()).dtype)).to(v_in.dtype) * patch.strength
+            )
         query, key, value = attn.to_q(hidden_states), attn.to_k(k_in), attn.to_v(v_in)
         heads = attn.heads
         head_dim = key.shape[-1] // heads

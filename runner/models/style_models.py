@@ -95,7 +95,9 @@ def style_adapter_from_state_dict(sd: Mapping[str, torch.Tensor], source: str) -
     if "style_embedding" not in sd or "proj" not in sd:
         sample = ", ".join(sorted(sd)[:3]) or "none"
         if "redux_down.weight" in sd:
-            raise ModelError(f"{source}: a FLUX Redux style model; easel runs SD-family models only")
+            raise ModelError(
+                f"{source}: a FLUX Redux style model; easel runs SD-family models only"
+            )
         raise ModelError(
             f"{source}: not a T2I style adapter (no style_embedding/proj); first keys: {sample}"
         )

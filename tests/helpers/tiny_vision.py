@@ -136,11 +136,15 @@ def hypernetwork_state(
             sd = {}
             index = 0
             for a, b in zip(layers, layers[1:], strict=False):
-                sd[f"linear.{index}.weight"] = torch.randn(int(dim * b), int(dim * a), generator=gen) * 0.2
+                sd[f"linear.{index}.weight"] = (
+                    torch.randn(int(dim * b), int(dim * a), generator=gen) * 0.2
+                )
                 sd[f"linear.{index}.bias"] = torch.randn(int(dim * b), generator=gen) * 0.2
                 index += 1
                 if out["is_layer_norm"]:
-                    sd[f"linear.{index}.weight"] = 1 + 0.1 * torch.randn(int(dim * b), generator=gen)
+                    sd[f"linear.{index}.weight"] = 1 + 0.1 * torch.randn(
+                        int(dim * b), generator=gen
+                    )
                     sd[f"linear.{index}.bias"] = 0.1 * torch.randn(int(dim * b), generator=gen)
                     index += 1
             pair.append(sd)

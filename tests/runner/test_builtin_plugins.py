@@ -53,6 +53,17 @@ def test_core_nodes_by_category():
         ],
         "plugins.core.latent_io": ["LoadImageOutput", "LoadLatent", "SaveLatent"],
         "plugins.core.upscale": ["ImageUpscaleWithModel", "UpscaleModelLoader"],
+        "plugins.core.vision": [
+            "CLIPVisionEncode",
+            "CLIPVisionLoader",
+            "GLIGENLoader",
+            "GLIGENTextBoxApply",
+            "HypernetworkLoader",
+            "StyleModelApply",
+            "StyleModelLoader",
+            "unCLIPCheckpointLoader",
+            "unCLIPConditioning",
+        ],
         "plugins.core.conditioning": [
             "CLIPSetLastLayer",
             "CLIPTextEncode",

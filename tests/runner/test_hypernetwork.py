@@ -128,7 +128,9 @@ def test_nonlinear_layers_with_layer_norm_in_one_attention_by_hand():
     k = attn.to_k(ctx + s * mlp(k_sd, ctx))
     v = attn.to_v(ctx + s * mlp(v_sd, ctx))
     heads = [
-        torch.softmax(q[..., h * 12 : (h + 1) * 12] @ k[..., h * 12 : (h + 1) * 12].mT / 12**0.5, -1)
+        torch.softmax(
+            q[..., h * 12 : (h + 1) * 12] @ k[..., h * 12 : (h + 1) * 12].mT / 12**0.5, -1
+        )
         @ v[..., h * 12 : (h + 1) * 12]
         for h in range(2)
     ]

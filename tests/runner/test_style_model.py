@@ -65,9 +65,10 @@ def test_other_files_are_refused_with_reason():
 
 @pytest.fixture(scope="module")
 def style_env(tmp_path_factory, cache_folder):
+    from runner_testlib import write_gradient_png
+
     from runner.environment import Environment
     from runner.settings import EngineSettings
-    from runner_testlib import write_gradient_png
 
     root = tmp_path_factory.mktemp("models")
     save_clip_vision_file(tiny_clip_vision(seed=4), root / "clip_vision" / "vit.safetensors")

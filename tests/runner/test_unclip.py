@@ -145,9 +145,10 @@ def test_class_labels_are_the_noise_augmented_image_embeds(unclip_env):
     embeds = result.values["11"][0].image_embeds
     mean, std = _normalizer(unclip_env)
     level = round(999 * 0.3)
-    expected = torch.cat(
-        [_augmented(embeds, level, mean, std, SEED - 10), _level_embedding(level, 32)], 1
-    ) * 0.7
+    expected = (
+        torch.cat([_augmented(embeds, level, mean, std, SEED - 10), _level_embedding(level, 32)], 1)
+        * 0.7
+    )
     assert len(seen) == 2  # two steps, both sides in one UNet call
     for labels in seen:
         assert labels.shape == (2, 64)
