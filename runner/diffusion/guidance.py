@@ -437,6 +437,12 @@ class Guidance:
         if self.inpaint:
             concat = self._concat(entry, job, h, w)[:, :, ay : ay + ah, ax : ax + aw]
         labels = None
+        if self.checkpoint.is_xl and entry.extra.get("unclip"):
+            # ComfyUI's SDXL "Revision": the augmented image embeds replace the pooled prompt.
+            raise ValueError(
+                "unCLIPConditioning on an SDXL model (image embeds as the pooled prompt, "
+                "ComfyUI's Revision) is not supported yet; use an SD 2.1 unCLIP checkpoint"
+            )
         if self.unclip_dim:
             from runner.diffusion.unclip import class_labels
 
