@@ -141,17 +141,24 @@ def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tens
     ],
     outputs=(T.IMAGE, T.STRING),
     output_names=("IMAGE", "SCORES"),
+    output_node=True,
     category="image/analysis",
 )
 def clip_rank(ctx: NodeContext, images: torch.Tensor, text: str, clip_name: str, top_k: int):
     """Scores each image against the text with CLIP and returns the best `top_k`, best first,
-    with the scores of every image (JSON, in input order)."""
+    with the scores of every image (JSON, in input order).
+
+    An output node: the job's outputs carry the same report under ``clip_ranking`` (with
+    the CLIP model's name), which is how best-of-N results record every candidate's score."""
     model, tokenizer = load_clip(ctx.env, clip_name)
     with _lock:
         scores = clip_scores(model, tokenizer, images, text)
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:top_k]
-    report = json.dumps({"scores": [round(float(s), 4) for s in scores], "ranking": order})
-    return images[order], report
+    ranking = {"scores": [round(float(s), 4) for s in scores], "ranking": order}
+    return {
+        "ui": {"clip_ranking": {**ranking, "clip_name": clip_name}},
+        "result": (images[order], json.dumps(ranking)),
+    }
 
 
 @hookimpl
