@@ -101,7 +101,9 @@ def load_clip(env, name: str):
 
 def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tensor:
     """Cosine similarity x 100 of each image (IMAGE ``[B, H, W, C]``) with ``text``, clamped at 0
-    as CLIPScore is."""
+    as CLIPScore is (Hessel et al. 2021, without its 2.5 weight). Images are preprocessed
+    as CLIP's image processor does: bicubic resize of the short side (antialiased when
+    shrinking), center crop, CLIP's mean and std."""
     size = model.config.vision_config.image_size
     x = images.permute(0, 3, 1, 2)[:, :3].float()
     h, w = x.shape[-2:]
@@ -111,6 +113,7 @@ def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tens
         size=(max(size, round(h * scale)), max(size, round(w * scale))),
         mode="bicubic",
         align_corners=False,
+        antialias=True,  # as CLIP's own (PIL) preprocessing filters when it shrinks
     )
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top : top + size, left : left + size].clamp(0, 1)
