@@ -28,8 +28,10 @@ RESULT_KEY = "best_of_result"
 MIN_CANDIDATES = 2
 MAX_CANDIDATES = 100
 
+CANDIDATES = "the number of candidates (best_of)"
+
 NO_CLIP_MODEL = (
-    "best_of needs a CLIP model to rank the candidates, and the bot's owner has not set "
+    "best of N needs a CLIP model to rank the candidates, and the bot's owner has not set "
     "one (the clip_model setting); leave best_of out."
 )
 
@@ -61,18 +63,18 @@ def best_of_choice(
                 "plain batch."
             )
         return None, None
-    best_of = parse_int("best_of", raw_best, MIN_CANDIDATES, MAX_CANDIDATES)
+    best_of = parse_int(CANDIDATES, raw_best, MIN_CANDIDATES, MAX_CANDIDATES)
     if not clip_model:
         raise ParseError(NO_CLIP_MODEL)
     if best_of > limits.max_count:
         raise ParseError(
-            f"best_of {best_of} is more than your limit of {limits.max_count} images at once "
+            f"best of {best_of} is more than your limit of {limits.max_count} images at once "
             "(the candidates are made as one batch)."
         )
     raw = raw_keep if raw_keep is not None else given("count")
     keep = 1 if raw is None else parse_int("keep", raw, 1, MAX_CANDIDATES)
     if keep > best_of:
-        raise ParseError(f"keep {keep} is more than the {best_of} candidates of best_of.")
+        raise ParseError(f"keep {keep} is more than the {best_of} candidates of best of {best_of}.")
     return best_of, keep
 
 

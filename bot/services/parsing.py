@@ -284,7 +284,7 @@ def convert_option(key: str, raw: str) -> Any:
     if key == "count":
         return parse_int("count", raw, 1, 100)
     if key == "best_of":
-        return parse_int("best_of", raw, 2, 100)
+        return parse_int("the number of candidates (best_of)", raw, 2, 100)
     if key == "keep":
         return parse_int("keep", raw, 1, 100)
     if key == "cfg":

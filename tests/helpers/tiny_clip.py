@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RANKER = "tiny-ranker"
@@ -54,3 +55,42 @@ def write_tiny_clip(models_dir: Path, name: str = RANKER, seed: int = 0) -> Path
     folder = Path(models_dir) / "clip" / name
     tiny_ranker_clip(seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def as_uint8(images) -> np.ndarray:
+    """IMAGE floats in [0, 1] ([B, H, W, C] array or tensor) as the uint8 pixels a PNG keeps."""
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+
+
+def independent_scores(model, pixels: np.ndarray, text: str, cache_dir: Path) -> list[float]:
+    """CLIPScore (100 x cosine, clamped at 0) of uint8 images [B, H, W, 3] against
+    ``text``, computed with transformers' own PIL image processor rather than easel's
+    preprocessing; ``cache_dir`` holds easel's tokenizer files."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    from runner.models.tokenizer import load_clip_tokenizer
+
+    size = model.config.vision_config.image_size
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    batch = processor(images=[Image.fromarray(p) for p in pixels], return_tensors="pt")
+    tokenizer = load_clip_tokenizer(Path(cache_dir))
+    tokens = tokenizer([text], padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=batch["pixel_values"])
+        words = model.get_text_features(input_ids=tokens.input_ids)
+    image = getattr(image, "pooler_output", image)
+    words = getattr(words, "pooler_output", words)
+    image = image / image.norm(dim=-1, keepdim=True)
+    words = words / words.norm(dim=-1, keepdim=True)
+    return [max(0.0, 100 * float(v)) for v in image @ words[0]]
+
+
+def load_ranker(folder: Path):
+    """The ranker saved in ``folder``, loaded back with transformers (an independent scorer)."""
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(folder, local_files_only=True).eval()

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_clip import RANKER, as_uint8, independent_scores, write_tiny_clip
 from runner_testlib import image_of, png_pixels, txt2img_workflow, write_gradient_png
 
 import plugins.clip_score as clip_score
@@ -108,40 +109,10 @@ def test_bad_inputs_are_validation_errors(module_env):
 def ranker(module_env):
     """The tiny ranker CLIP saved in the environment's models/clip folder, loaded back
     with transformers as an independent scorer."""
-    from helpers.tiny_clip import RANKER, write_tiny_clip
     from transformers import CLIPModel
 
     folder = write_tiny_clip(module_env.settings.models_root)
     return RANKER, CLIPModel.from_pretrained(folder, local_files_only=True).eval()
-
-
-def independent_scores(model, pixels: np.ndarray, text: str, env) -> list[float]:
-    """CLIPScore of uint8 images [B, H, W, 3] computed with transformers' PIL image
-    processor (not easel's preprocessing): 100 x cosine, clamped at 0."""
-    from PIL import Image
-    from transformers import CLIPImageProcessorPil
-
-    from runner.models.tokenizer import load_clip_tokenizer
-
-    size = model.config.vision_config.image_size
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
-    batch = processor(images=[Image.fromarray(p) for p in pixels], return_tensors="pt")
-    tokenizer = load_clip_tokenizer(env.settings.cache_dir)
-    tokens = tokenizer([text], padding="max_length", max_length=77, return_tensors="pt")
-    with torch.no_grad():
-        image = model.get_image_features(pixel_values=batch["pixel_values"])
-        words = model.get_text_features(input_ids=tokens.input_ids)
-    image = getattr(image, "pooler_output", image)
-    words = getattr(words, "pooler_output", words)
-    image = image / image.norm(dim=-1, keepdim=True)
-    words = words / words.norm(dim=-1, keepdim=True)
-    return [max(0.0, 100 * float(v)) for v in image @ words[0]]
-
-
-def as_uint8(images: np.ndarray) -> np.ndarray:
-    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
 def best_of_request(ranker_name, **changes):
@@ -167,7 +138,7 @@ def test_easel_scores_match_clips_own_preprocessing(module_env, ranker):
     mine = clip_score.clip_scores(
         *clip_score.load_clip(module_env, name), torch.from_numpy(pixels / 255.0), "a red fox"
     )
-    theirs = independent_scores(model, pixels, "a red fox", module_env)
+    theirs = independent_scores(model, pixels, "a red fox", module_env.settings.cache_dir)
     assert all(s > 0 for s in theirs) and len(set(theirs)) == 4  # a ranking to speak of
     assert np.allclose(mine.numpy(), theirs, atol=0.3)
 
@@ -182,7 +153,7 @@ def test_best_of_keeps_the_candidates_clip_ranks_first(module_env, ranker, keep)
     # The same request without ranking: its 4 images are the candidates.
     plain = module_env.build_workflow(request.model_copy(update={"best_of": None, "batch_size": 4}))
     candidates = as_uint8(image_of(module_env.run(plain)))
-    scores = independent_scores(model, candidates, request.prompt, module_env)
+    scores = independent_scores(model, candidates, request.prompt, module_env.settings.cache_dir)
     expected = sorted(range(4), key=lambda i: -scores[i])[:keep]
     (report,) = [o["clip_ranking"] for o in result.outputs.values() if "clip_ranking" in o]
     assert report["ranking"] == expected and report["clip_name"] == name
