@@ -42,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from helpers.tiny_clip import RANKER, write_tiny_clip
+
     from runner.environment import Environment
     from runner.settings import EngineSettings
     from runner.templates import GenerationRequest

@@ -199,6 +199,9 @@ class RequestBuilder:
         limits = self.admit(interaction.user, interaction.guild_id)
         base = request_from_generation(generation)
         settings = self.settings
+        if base.best_of is not None and not settings.clip_model:
+            # The owner has since removed the CLIP model: make a plain image instead.
+            base = base.model_copy(update={"best_of": None, "best_of_clip": None})
         if action in ("reroll", "rerun"):
             seed = None if action == "reroll" else base.seed
             return Submission(

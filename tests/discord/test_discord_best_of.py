@@ -178,6 +178,30 @@ def test_inline_best_and_keep_post_the_top_two_best_first(server, bot, candidate
     assert "Best 2 of 4 by CLIP score" in message["content"]
 
 
+def test_reroll_ranks_again_and_a_variation_is_of_the_image_chosen(server, bot, scores):
+    before = mark(server)
+    log = server.slash("imagine", {"prompt": PROMPT, "seed": 11, "best_of": 4, "size": "64x64"})
+    message = result_of(server, log, before)
+    gen = generation_id(message)
+    before = mark(server)
+    server.click(message, f"easel:reroll:{gen}")
+    rerolled = server.wait_for(
+        lambda: next(iter(results_after(server, before)), None), 90, "the reroll"
+    )
+    assert "Best 1 of 4 by CLIP score" in rerolled["content"]
+    params = stored_parameters(bot.data_dir, generation_id(rerolled))
+    assert params["best_of"] == 4 and params["best_of_result"]["seed"] != 11
+    before = mark(server)
+    server.click(message, f"easel:var:{gen}")
+    variation = server.wait_for(
+        lambda: next(iter(results_after(server, before)), None), 90, "the variation"
+    )
+    assert len(variation["attachments"]) == 1 and "Best" not in variation["content"]
+    params = stored_parameters(bot.data_dir, generation_id(variation))
+    assert params["best_of"] is None and "best_of_result" not in params
+    assert params["init_image"]  # made from the posted (chosen) image
+
+
 def test_best_of_counts_against_the_image_limit(server, bot):
     log = server.slash("imagine", {"prompt": f"{PROMPT} --best 5"})
     assert "est of 5 is more than your limit of 4 images at once" in refused(server, log)
