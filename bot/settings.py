@@ -155,6 +155,11 @@ class Settings(EngineSettings):
         default=None,
         description="A local diffusers StableDiffusionSafetyChecker folder; none = no checker.",
     )
+    clip_model: str | None = Field(
+        default=None,
+        description="CLIP image-text model that ranks /imagine best_of candidates (a folder "
+        "in models/clip, or tiny-random for tests); none = best_of is not offered.",
+    )
     progress_interval_s: float = Field(
         default=1.5, ge=0.2, description="Least time between progress edits."
     )

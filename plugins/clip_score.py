@@ -101,7 +101,9 @@ def load_clip(env, name: str):
 
 def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tensor:
     """Cosine similarity x 100 of each image (IMAGE ``[B, H, W, C]``) with ``text``, clamped at 0
-    as CLIPScore is."""
+    as CLIPScore is (Hessel et al. 2021, without its 2.5 weight). Images are preprocessed
+    as CLIP's image processor does: bicubic resize of the short side (antialiased when
+    shrinking), center crop, CLIP's mean and std."""
     size = model.config.vision_config.image_size
     x = images.permute(0, 3, 1, 2)[:, :3].float()
     h, w = x.shape[-2:]
@@ -111,6 +113,7 @@ def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tens
         size=(max(size, round(h * scale)), max(size, round(w * scale))),
         mode="bicubic",
         align_corners=False,
+        antialias=True,  # as CLIP's own (PIL) preprocessing filters when it shrinks
     )
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top : top + size, left : left + size].clamp(0, 1)
@@ -141,17 +144,24 @@ def clip_scores(model, tokenizer, images: torch.Tensor, text: str) -> torch.Tens
     ],
     outputs=(T.IMAGE, T.STRING),
     output_names=("IMAGE", "SCORES"),
+    output_node=True,
     category="image/analysis",
 )
 def clip_rank(ctx: NodeContext, images: torch.Tensor, text: str, clip_name: str, top_k: int):
     """Scores each image against the text with CLIP and returns the best `top_k`, best first,
-    with the scores of every image (JSON, in input order)."""
+    with the scores of every image (JSON, in input order).
+
+    An output node: the job's outputs carry the same report under ``clip_ranking`` (with
+    the CLIP model's name), which is how best-of-N results record every candidate's score."""
     model, tokenizer = load_clip(ctx.env, clip_name)
     with _lock:
         scores = clip_scores(model, tokenizer, images, text)
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:top_k]
-    report = json.dumps({"scores": [round(float(s), 4) for s in scores], "ranking": order})
-    return images[order], report
+    ranking = {"scores": [round(float(s), 4) for s in scores], "ranking": order}
+    return {
+        "ui": {"clip_ranking": {**ranking, "clip_name": clip_name}},
+        "result": (images[order], json.dumps(ranking)),
+    }
 
 
 @hookimpl

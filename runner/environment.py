@@ -16,7 +16,7 @@ from runner.executor import Executor, RunResult
 from runner.nodes import NodeType
 from runner.plugin_manager import build_plugin_manager, plugin_name
 from runner.settings import EngineSettings
-from runner.templates import GenerationRequest, WorkflowTemplate
+from runner.templates import GenerationRequest, WorkflowTemplate, rank_with_clip
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Environment:
             raise TemplateError(
                 f"unknown template {request.template_name!r}; available: {', '.join(sorted(self.templates))}"
             )
-        return template.build(request, self.settings.default_model)
+        return rank_with_clip(lambda r: template.build(r, self.settings.default_model), request)
 
     def free_memory(self) -> None:
         """Drop cached node outputs and loaded models (after an out-of-memory error)."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 MAX_SEED = 2**64 - 1  # ComfyUI's seed range
 
@@ -80,6 +80,12 @@ class GenerationRequest(BaseModel):
     model: str | None = None
     template: str | None = None
     filename_prefix: str = DEFAULTS.filename_prefix
+    best_of: int | None = Field(default=None, ge=1, le=4096)
+    """Best of N: make this many candidates in one batch, rank them with the CLIP model
+    ``best_of_clip`` against the prompt and keep the best ``batch_size`` (see
+    :func:`rank_with_clip`). None: no ranking, ``batch_size`` images are made."""
+    best_of_clip: str | None = None
+    """The CLIP image-text model (``CLIPImageTextRank``'s ``clip_name``) that ranks."""
 
     @field_validator("loras", mode="before")
     @classmethod
@@ -93,6 +99,15 @@ class GenerationRequest(BaseModel):
                     out.append(item)
             return out
         return value
+
+    @model_validator(mode="after")
+    def _best_of_fits(self) -> GenerationRequest:
+        if self.best_of is not None and self.batch_size > self.best_of:
+            raise ValueError(
+                f"keeping {self.batch_size} images of best_of {self.best_of} candidates is "
+                "more than were made"
+            )
+        return self
 
     def with_seed(self) -> GenerationRequest:
         """This request with a concrete seed (a random one when none was given)."""
@@ -115,3 +130,58 @@ class WorkflowTemplate:
     build: Callable[[GenerationRequest, str], dict[str, Any]]
     """``build(request, default_model)`` returns the workflow; raise TemplateError on bad options."""
     plugin: str = ""
+
+
+RANK_NODE = "CLIPImageTextRank"
+"""The node that ranks a batch of images against a text (plugin ``plugins.clip_score``)."""
+
+SAVE_NODES = ("SaveImage",)
+
+
+def _next_id(workflow: dict[str, Any]) -> str:
+    numbers = [int(k) for k in workflow if str(k).isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def rank_with_clip(
+    build: Callable[[GenerationRequest], dict[str, Any]], request: GenerationRequest
+) -> dict[str, Any]:
+    """The workflow for ``request``, made best of N when ``request.best_of`` is set.
+
+    ``build(request)`` (a template's) makes ``best_of`` images in one batch; each
+    ``SaveImage`` then saves what a ``CLIPImageTextRank`` node keeps of its images: the
+    ``batch_size`` best by CLIP score against the prompt (CLIPScore, Hessel et al. 2021),
+    best first. The rank node reports every candidate's score among the job's outputs.
+    Any template works that feeds its images to a SaveImage. Raises
+    :class:`~runner.errors.TemplateError` without a CLIP model or without a SaveImage.
+    """
+    if request.best_of is None:
+        return build(request)
+    from runner.errors import TemplateError
+
+    if not request.best_of_clip:
+        raise TemplateError("best_of needs a CLIP model to rank with (best_of_clip)")
+    workflow = build(request.model_copy(update={"batch_size": request.best_of}))
+    ranked: dict[str, str] = {}
+    for node in list(workflow.values()):
+        if not isinstance(node, dict) or node.get("class_type") not in SAVE_NODES:
+            continue
+        images = (node.get("inputs") or {}).get("images")
+        if not (isinstance(images, list) and len(images) == 2):
+            continue
+        source = f"{images[0]}:{images[1]}"
+        if source not in ranked:
+            ranked[source] = _next_id(workflow)
+            workflow[ranked[source]] = {
+                "class_type": RANK_NODE,
+                "inputs": {
+                    "images": list(images),
+                    "text": request.prompt,
+                    "clip_name": request.best_of_clip,
+                    "top_k": request.batch_size,
+                },
+            }
+        node["inputs"]["images"] = [ranked[source], 0]
+    if not ranked:
+        raise TemplateError("best_of needs a workflow whose images go to a SaveImage node")
+    return workflow

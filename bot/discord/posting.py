@@ -17,6 +17,7 @@ import discord
 from bot.discord import render
 from bot.discord.status import failure_sentence, notice_name
 from bot.discord.views import result_view
+from bot.services import best_of
 from bot.services.errors import NotFound
 from bot.services.generation import Destination, result_parameters
 from bot.services.jobs import JobResult
@@ -118,6 +119,9 @@ async def post_images(bot, result: JobResult, live: Live | None) -> discord.Mess
         resized = await asyncio.to_thread(source_size_note, settings, params)
     if resized:
         notes.append(resized)
+    ranked = best_of.post_note(generation.parameters)
+    if ranked:
+        notes.append(ranked)
     if prepared.note:
         notes.append(prepared.note)
     content = render.result_content(f"<@{result.user_id}>", params, generation.id, notes)

@@ -30,3 +30,21 @@ def declare_max(command: app_commands.Command, **maxima: int) -> None:
             raise ValueError(f"/{command.name} has no option {name!r}")
         # A copy: the parameter objects are shared with the class's command.
         params[name] = dataclasses.replace(params[name], max_value=int(value))
+
+
+BEST_OF_OPTIONS = ("best_of", "keep")
+
+
+def offer_best_of(command: app_commands.Command, settings, max_count: int) -> None:
+    """Declare ``/imagine best_of`` and ``keep`` up to ``max_count`` (the most images
+    anyone may ask for at once), or leave both out of the command when no CLIP model is
+    configured (``clip_model``) or nobody may make two images: the option is then not
+    offered at all, and ``--best`` typed inline is refused in words."""
+    from bot.services.best_of import offered
+
+    params = command._params
+    if not offered(settings) or max_count < 2:
+        for name in BEST_OF_OPTIONS:
+            params.pop(name, None)
+        return
+    declare_max(command, best_of=max_count, keep=max_count)

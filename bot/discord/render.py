@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.services import best_of
+
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_CONTENT = 2000
 
@@ -133,6 +135,9 @@ def details_embed(generation) -> Any:
         fields.append(("From", f"#{generation.parent_id}"))
     if generation.duration_s is not None:
         fields.append(("Time", f"{generation.duration_s:.1f} s"))
+    ranking = best_of.details_text(params)
+    if ranking:
+        fields.append(("Best of (CLIP scores)", ranking))
     for name, value in fields:
         if value not in (None, ""):
             embed.add_field(name=name, value=escape(str(value))[:1024], inline=True)

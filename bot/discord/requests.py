@@ -85,6 +85,7 @@ class RequestBuilder:
             samplers=sampler_names(env) or None,
             schedulers=scheduler_names(env) or None,
             models=env.models.checkpoint_names(),
+            clip_model=self.settings.clip_model,
             **kwargs,
         )
         self.bot.gate.check_prompt(request.prompt, request.negative)
@@ -198,6 +199,9 @@ class RequestBuilder:
         limits = self.admit(interaction.user, interaction.guild_id)
         base = request_from_generation(generation)
         settings = self.settings
+        if base.best_of is not None and not settings.clip_model:
+            # The owner has since removed the CLIP model: make a plain image instead.
+            base = base.model_copy(update={"best_of": None, "best_of_clip": None})
         if action in ("reroll", "rerun"):
             seed = None if action == "reroll" else base.seed
             return Submission(
@@ -217,7 +221,13 @@ class RequestBuilder:
         )
         if action == "var":
             request = base.model_copy(
-                update={"seed": None, "batch_size": 1, "strength": settings.variation_strength}
+                update={
+                    "seed": None,
+                    "batch_size": 1,
+                    "strength": settings.variation_strength,
+                    "best_of": None,  # a variation of the image chosen, not another ranking
+                    "best_of_clip": None,
+                }
             )
             return Submission(request, init_image, generation.id, "variation")
         width = int(base.width * settings.upscale_factor) // 8 * 8
@@ -232,6 +242,8 @@ class RequestBuilder:
                 "width": width,
                 "height": height,
                 "strength": settings.upscale_strength,
+                "best_of": None,
+                "best_of_clip": None,
             }
         )
         return Submission(request, init_image, generation.id, "upscale")

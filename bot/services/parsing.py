@@ -47,6 +47,9 @@ OPTION_ALIASES: dict[str, str] = {
     "n": "count",
     "size": "size",
     "model": "model",
+    "best": "best_of",
+    "best_of": "best_of",
+    "keep": "keep",
 }
 """Inline option names (without ``--``) and the field each sets."""
 
@@ -280,6 +283,10 @@ def convert_option(key: str, raw: str) -> Any:
         return parse_int("steps", raw, 1, 10_000)
     if key == "count":
         return parse_int("count", raw, 1, 100)
+    if key == "best_of":
+        return parse_int("the number of candidates (best_of)", raw, 2, 100)
+    if key == "keep":
+        return parse_int("keep", raw, 1, 100)
     if key == "cfg":
         return parse_float("cfg", raw, 0.0, MAX_CFG)
     if key == "strength":
@@ -372,7 +379,7 @@ def collect_prompt(text: str, problems: Problems) -> ParsedPrompt:
             options[key] = convert_option(key, inline)
     if unknown:
         known = ", ".join(
-            f"--{n}" for n in sorted(set(OPTION_ALIASES) - {"neg", "negative", "aspect"})
+            f"--{n}" for n in sorted(set(OPTION_ALIASES) - {"neg", "negative", "aspect", "best_of"})
         )
         names = ", ".join(dict.fromkeys(unknown))
         verb = "is not an option" if len(set(unknown)) == 1 else "are not options"
@@ -394,4 +401,6 @@ _EXAMPLES = {
     "count": "--count 2",
     "size": "--size 768x512",
     "model": "--model tiny-random",
+    "best_of": "--best 4",
+    "keep": "--keep 2",
 }

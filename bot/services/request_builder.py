@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from bot.services.best_of import best_of_choice
 from bot.services.parsing import (
     MAX_CFG,
     MAX_LORAS,
@@ -46,7 +47,9 @@ def _normalise_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             out["lora"] = value if isinstance(value, list) else parse_loras(str(value))
         elif key in ("size", "aspect"):
             out[key] = convert_option(key, str(value))
-        elif key in ("seed", "steps", "count", "cfg", "strength") and isinstance(value, str):
+        elif key in ("seed", "steps", "count", "cfg", "strength", "best_of", "keep") and isinstance(
+            value, str
+        ):
             out[key] = convert_option(key, value)
         else:
             out[key] = value
@@ -110,6 +113,7 @@ def build_request(
     models: Collection[str] | None = None,
     allow_empty_prompt: bool = False,
     has_image: bool | None = None,
+    clip_model: str | None = None,
 ) -> GenerationRequest:
     """Parse ``prompt`` and merge it with the slash command's ``options`` (None or missing
     = not given; keys: negative, seed, steps, cfg, sampler, scheduler, size, aspect, count,
@@ -119,6 +123,9 @@ def build_request(
     ``samplers``/``schedulers``/``models``, when given, are the names accepted (and a
     sampler/scheduler pair that cannot run together is refused). ``has_image`` False
     refuses a ``strength`` given without an image to start from (None: not checked).
+    ``best_of`` (N candidates ranked by the CLIP model ``clip_model``; refused without
+    one) counts against the member's image limit like a batch; ``keep`` (or ``count``)
+    is how many of them are posted, 1 by default (:mod:`bot.services.best_of`).
     Every bad value is reported at once: raises :class:`ParseError` (one problem) or
     :class:`ParseErrors` (several), each problem one sentence for the user.
     """
@@ -177,6 +184,10 @@ def build_request(
         if count > limits.max_count:
             raise ParseError(f"count {count} is more than your limit of {limits.max_count} images.")
 
+    best_of, kept = None, None
+    with problems.check():
+        best_of, kept = best_of_choice(slash, inline, clip_model, limits)
+
     sampler = str(pick("sampler", defaults.sampler)).strip()
     sampler_ok = samplers is None or sampler in samplers
     if not sampler_ok:
@@ -219,7 +230,9 @@ def build_request(
         scheduler=scheduler,
         width=width,
         height=height,
-        batch_size=count,
+        batch_size=count if kept is None else kept,
+        best_of=best_of,
+        best_of_clip=clip_model if best_of else None,
         model=model,
         strength=strength,
         loras=loras,

@@ -1,6 +1,8 @@
 """CLIPImageTextRank: scores a batch against a prompt and returns the best top_k, best first.
 The built-in tiny CLIP has random weights (clamped scores are 0), so these tests check
-ordering, shapes and determinism, not values."""
+ordering, shapes and determinism, not values; the best-of tests use the tiny ranker of
+``tests/helpers/tiny_clip.py`` (positive, distinct scores) and recompute its ranking with
+transformers' own CLIP image processor."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from runner_testlib import image_of, txt2img_workflow
+from helpers.tiny_clip import RANKER, as_uint8, independent_scores, write_tiny_clip
+from runner_testlib import image_of, png_pixels, txt2img_workflow, write_gradient_png
 
 import plugins.clip_score as clip_score
 
@@ -72,11 +75,14 @@ def test_best_first_with_ties_broken_by_position(module_env, monkeypatch):
     monkeypatch.setattr(clip_score, "clip_scores", lambda model, tokenizer, images, text: given)
     images = torch.stack([torch.full((8, 8, 3), i / 4) for i in range(4)])
     node = module_env.node_types["CLIPImageTextRank"]
-    best, report = node.function(
+    returned = node.function(
         _Ctx(module_env), images=images, text="x", clip_name="tiny-random", top_k=3
     )
+    best, report = returned["result"]
     assert json.loads(report) == {"scores": [10.0, 30.0, 20.0, 30.0], "ranking": [1, 3, 2]}
     assert torch.equal(best, images[[1, 3, 2]])
+    # An output node: the same report reaches the job's outputs, with the model's name.
+    assert returned["ui"] == {"clip_ranking": {**json.loads(report), "clip_name": "tiny-random"}}
 
 
 class _Ctx:
@@ -94,3 +100,98 @@ def test_bad_inputs_are_validation_errors(module_env):
         ("value_not_in_list", "clip_name"),
         ("value_smaller_than_min", "top_k"),
     ]
+
+
+# -- best of N: the request's best_of through any template ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranker(module_env):
+    """The tiny ranker CLIP saved in the environment's models/clip folder, loaded back
+    with transformers as an independent scorer."""
+    from transformers import CLIPModel
+
+    folder = write_tiny_clip(module_env.settings.models_root)
+    return RANKER, CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+
+
+def best_of_request(ranker_name, **changes):
+    from runner.templates import GenerationRequest
+
+    given = dict(
+        prompt="a red fox in the snow",
+        seed=5,
+        steps=2,
+        width=64,
+        height=64,
+        best_of=4,
+        batch_size=1,
+        best_of_clip=ranker_name,
+    )
+    return GenerationRequest(**{**given, **changes})
+
+
+def test_easel_scores_match_clips_own_preprocessing(module_env, ranker):
+    name, model = ranker
+    result = module_env.run(txt2img_workflow(module_env, steps=2, batch_size=4))
+    pixels = as_uint8(image_of(result))
+    mine = clip_score.clip_scores(
+        *clip_score.load_clip(module_env, name), torch.from_numpy(pixels / 255.0), "a red fox"
+    )
+    theirs = independent_scores(model, pixels, "a red fox", module_env.settings.cache_dir)
+    assert all(s > 0 for s in theirs) and len(set(theirs)) == 4  # a ranking to speak of
+    assert np.allclose(mine.numpy(), theirs, atol=0.3)
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_best_of_keeps_the_candidates_clip_ranks_first(module_env, ranker, keep):
+    name, model = ranker
+    request = best_of_request(name, batch_size=keep)
+    workflow = module_env.build_workflow(request)
+    assert workflow["5"]["inputs"]["batch_size"] == 4  # one batch of all the candidates
+    result = module_env.run(workflow)
+    # The same request without ranking: its 4 images are the candidates.
+    plain = module_env.build_workflow(request.model_copy(update={"best_of": None, "batch_size": 4}))
+    candidates = as_uint8(image_of(module_env.run(plain)))
+    scores = independent_scores(model, candidates, request.prompt, module_env.settings.cache_dir)
+    expected = sorted(range(4), key=lambda i: -scores[i])[:keep]
+    (report,) = [o["clip_ranking"] for o in result.outputs.values() if "clip_ranking" in o]
+    assert report["ranking"] == expected and report["clip_name"] == name
+    assert np.allclose(report["scores"], scores, atol=0.3)
+    assert len(result.images) == keep
+    for path, index in zip(result.images, expected, strict=True):
+        assert np.array_equal(png_pixels(path), candidates[index])
+
+
+def test_best_of_img2img_ranks_its_batch_too(module_env, ranker, tmp_path):
+    name, _ = ranker
+    module_env.settings.input_dir.mkdir(parents=True, exist_ok=True)
+    image = write_gradient_png(module_env.settings.input_dir / "best_of_source.png")
+    request = best_of_request(name, init_image=image.name, strength=0.6, batch_size=2)
+    workflow = module_env.build_workflow(request)
+    ranks = [n for n in workflow.values() if n["class_type"] == "CLIPImageTextRank"]
+    assert len(ranks) == 1 and ranks[0]["inputs"]["top_k"] == 2
+    result = module_env.run(workflow)
+    assert len(result.images) == 2
+    (report,) = [o["clip_ranking"] for o in result.outputs.values() if "clip_ranking" in o]
+    assert len(report["scores"]) == 4
+
+
+def test_best_of_without_a_clip_model_or_a_save_node_is_refused(module_env):
+    from pydantic import ValidationError
+
+    from runner.errors import TemplateError
+    from runner.templates import GenerationRequest, rank_with_clip
+
+    with pytest.raises(TemplateError, match="CLIP model"):
+        module_env.build_workflow(best_of_request(None))
+    with pytest.raises(TemplateError, match="SaveImage"):
+        rank_with_clip(
+            lambda r: {"1": {"class_type": "EmptyLatentImage", "inputs": {}}},
+            best_of_request("tiny-random"),
+        )
+    with pytest.raises(ValidationError, match="more than were made"):
+        GenerationRequest(prompt="x", best_of=2, batch_size=3)
+    # Without best_of the template's workflow is untouched.
+    plain = best_of_request("tiny-random", best_of=None)
+    assert "CLIPImageTextRank" not in json.dumps(module_env.build_workflow(plain))

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from bot.services.best_of import record_ranking
 from bot.services.history import History, StagedImage, stage_image
 from bot.services.storage import write_atomic
 from db import generations as db_generations
@@ -199,6 +200,8 @@ class DurableJobs:
                 error = JobCancelled(outcome.error or "cancelled")
             elif status is JobStatus.FAILED:
                 error = RuntimeError(outcome.error or "failed")
+            else:  # best of N: every candidate's CLIP score, beside the images kept
+                record_ranking(generation, outcome.outputs)
             self.history.record_in_session(session, generation.id, staged, outcome.seconds, error)
             db_jobs.set_job_status(session, job_id, status, error=outcome.error, worker=worker)
         return True

@@ -16,7 +16,7 @@ from bot.discord.cogs.imagine.complete import (
     complete_size,
 )
 from bot.discord.errors import reported
-from bot.discord.ranges import ceiling_limits, declare_max
+from bot.discord.ranges import ceiling_limits, declare_max, offer_best_of
 from bot.discord.status import InteractionStatus
 
 ASPECTS = ["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9", "9:21"]
@@ -29,6 +29,7 @@ class ImagineCog(commands.Cog):
         self.bot = bot
         ceiling = ceiling_limits(bot.settings)
         declare_max(self.imagine, steps=ceiling.max_steps, count=ceiling.max_count)
+        offer_best_of(self.imagine, bot.settings, ceiling.max_count)
 
     @app_commands.command(name="imagine")
     @app_commands.describe(
@@ -46,6 +47,8 @@ class ImagineCog(commands.Cog):
         lora="A LoRA from your library or a shared one (name or name:weight)",
         strength="img2img: how much to change the image (0-1)",
         image="An image to start from (img2img)",
+        best_of="Make this many candidates and post the one CLIP finds closest to the prompt",
+        keep="With best_of: how many of the best candidates to post",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.autocomplete(
@@ -72,6 +75,8 @@ class ImagineCog(commands.Cog):
         lora: app_commands.Range[str, 1, 200] | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
         image: discord.Attachment | None = None,
+        best_of: app_commands.Range[int, 2, 4] | None = None,
+        keep: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
         """Make an image from a prompt."""
         # The 3-second rule: acknowledge before anything else, whatever the queue holds.
@@ -89,6 +94,8 @@ class ImagineCog(commands.Cog):
             "model": model,
             "lora": lora,
             "strength": strength,
+            "best_of": best_of,
+            "keep": keep,
         }
         async with reported(interaction) as attempt:
             submission, dest = await self.bot.requests.imagine(interaction, prompt, options, image)
