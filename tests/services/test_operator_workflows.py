@@ -20,7 +20,7 @@ from runner.templates import GenerationRequest
 from runner.workflow import apply_overrides, load_workflow
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-INVERTED = FIXTURES / "operator_workflows" / "inverted_ui.json"
+INVERTED = FIXTURES / "operator_workflows" / "inverted.json"
 
 
 @pytest.fixture
