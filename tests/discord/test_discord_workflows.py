@@ -32,7 +32,7 @@ def rows(data_dir, sql: str, *args) -> list[tuple]:
 
 
 def attachment_bytes(server, attachment: dict) -> bytes:
-    return server.files[attachment["url"].rsplit("/", 1)[1]]
+    return bytes(server.files[attachment["url"].rsplit("/", 1)[1]])
 
 
 def newest_result(server, after: int = 0) -> dict:
@@ -55,7 +55,7 @@ def gen_id(message: dict) -> int:
 
 
 def pixels(data: bytes | str | Path) -> np.ndarray:
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    source = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray)) else data
     with Image.open(source) as im:
         return np.asarray(im.convert("RGB")).astype(int)
 

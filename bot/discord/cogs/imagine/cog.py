@@ -15,6 +15,8 @@ from bot.discord.cogs.imagine.complete import (
     complete_scheduler,
     complete_size,
 )
+from bot.discord.cogs.workflows.cog import complete_workflow
+from bot.discord.cogs.workflows.requests import imagine_with_workflow
 from bot.discord.errors import reported
 from bot.discord.status import InteractionStatus
 
@@ -43,6 +45,7 @@ class ImagineCog(commands.Cog):
         lora="A LoRA from your library or a shared one (name or name:weight)",
         strength="img2img: how much to change the image (0-1)",
         image="An image to start from (img2img)",
+        workflow="One of the server's ComfyUI workflows (your prompt and options go into it)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.autocomplete(
@@ -51,6 +54,7 @@ class ImagineCog(commands.Cog):
         scheduler=complete_scheduler,
         lora=complete_lora,
         size=complete_size,
+        workflow=complete_workflow,
     )
     async def imagine(
         self,
@@ -69,6 +73,7 @@ class ImagineCog(commands.Cog):
         lora: app_commands.Range[str, 1, 200] | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] | None = None,
         image: discord.Attachment | None = None,
+        workflow: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
         """Make an image from a prompt."""
         # The 3-second rule: acknowledge before anything else, whatever the queue holds.
@@ -88,7 +93,14 @@ class ImagineCog(commands.Cog):
             "strength": strength,
         }
         async with reported(interaction) as attempt:
-            submission, dest = await self.bot.requests.imagine(interaction, prompt, options, image)
+            if workflow:  # an operator workflow (bot.discord.cogs.workflows)
+                submission, dest = await imagine_with_workflow(
+                    self.bot, interaction, workflow, prompt, options, image
+                )
+            else:
+                submission, dest = await self.bot.requests.imagine(
+                    interaction, prompt, options, image
+                )
         if attempt.failed:
             return
         await self.bot.reporter.run(
