@@ -123,6 +123,23 @@ def test_operator_workflow_from_discord_to_members_buttons_and_png_runs(
     server.wait_for(lambda: refused.edits, 30, "the refusal")
     assert refused.last_text == "⚠️ Only the bot's owners can add workflows."
 
+    # A workflow with problems is refused with every one of them, and nothing is stored.
+    broken = json.loads(FIXTURE.read_text())
+    broken["nodes"][0]["type"] = "CLIPTextEncodeDeluxe"
+    next(n for n in broken["nodes"] if n["type"] == "CheckpointLoaderSimple")["widgets_values"] = [
+        "missing.safetensors"
+    ]
+    bad = server.slash(
+        "workflow",
+        {},
+        subcommand="add",
+        files={"file": ("broken.json", json.dumps(broken).encode())},
+        user=owner,
+    )
+    server.wait_for(lambda: "not added" in bad.last_text, 30, "the refusal")
+    assert "CLIPTextEncodeDeluxe" in bad.last_text, bad.last_text
+    assert not (bot.data_dir / "workflows").exists()
+
     # The owner adds the UI-format workflow: a confirmation lists bindings and needs.
     added = server.slash(
         "workflow",
