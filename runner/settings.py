@@ -125,11 +125,17 @@ class EngineSettings(BaseSettings):
         "(off: such links are left out of the model lists, with a warning).",
     )
 
+    # Model files ----------------------------------------------------------------
     allow_pickle_weights: bool = Field(
         default=True,
-        description="Load pickle-based weights (.pt/.bin embeddings...) found in the models "
-        "folders with PyTorch's restricted weights_only unpickler (tensors only). Uploads "
-        "are always safetensors-only.",
+        description="Load pickle-based weights (.ckpt/.pt/.pth/.bin) found in the models "
+        "folders with PyTorch's restricted weights_only unpickler (tensors only; a file "
+        "needing more is refused). Uploads are always safetensors-only.",
+    )
+    extra_model_paths: Path | None = Field(
+        default=None,
+        description="ComfyUI's extra_model_paths.yaml to read more model folders from; by "
+        "default the one of the ComfyUI install models_dir belongs to, if any.",
     )
 
     @field_validator("extra_model_dirs", mode="before")

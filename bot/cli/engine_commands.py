@@ -410,7 +410,8 @@ def nodes(names, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
 def models(as_json):
-    """List the checkpoints and LoRAs that can be loaded, and where easel looks for them."""
+    """List the models that can be loaded, grouped by kind (checkpoints, LoRAs, VAEs, text
+    encoders, upscalers), and where easel looks for them."""
     settings = load_settings()
     from bot.cli.common import quiet_libraries
 
@@ -426,14 +427,16 @@ def models(as_json):
         "models folders (ComfyUI layout: checkpoints/, loras/, vae/): "
         + ", ".join(info["models_folders"])
     )
-    click.echo("checkpoints:")
-    for name in info["checkpoints"]:
-        click.echo(f"  {name}")
-    click.echo("loras:" + ("" if info["loras"] else " (none)"))
-    for name in info["loras"]:
-        click.echo(f"  {name}")
+    for kind, names in info["by_kind"].items():
+        click.echo(f"{kind}:" + ("" if names else " (none)"))
+        for name in names:
+            click.echo(f"  {name}")
+    if info.get("extra_model_paths"):
+        click.echo("extra model folders (extra_model_paths.yaml):")
+        for kind, folders in info["extra_model_paths"].items():
+            click.echo(f"  {kind}: {', '.join(folders)}")
     if info["refused_unsafe_files"]:
-        click.echo("refused (pickle-based, convert to .safetensors):")
+        click.echo("refused (pickle-based: convert to .safetensors, or allow_pickle_weights):")
         for name in info["refused_unsafe_files"]:
             click.echo(f"  {name}")
     if info["skipped"]:

@@ -9,7 +9,7 @@ import logging
 import discord
 
 from bot.discord import context, render
-from bot.discord.errors import reported
+from bot.discord.errors import reported, sentence
 from bot.discord.status import InteractionStatus
 from bot.discord.views import RemixModal, ReuseSeedModal
 from bot.services.parsing import ParseError, parse_prompt
@@ -49,6 +49,9 @@ class ResultActions:
                 return
             if action == "del":
                 await self._delete(interaction, generation)
+                return
+            if action == "full":
+                await self._send_full_size(interaction, generation)
                 return
             submission = await self.bot.requests.from_result(interaction, action, generation, index)
         if attempt.failed:
@@ -97,6 +100,34 @@ class ResultActions:
             InteractionStatus(interaction, self.bot.settings.progress_interval_s),
             upload_limit=interaction.filesize_limit,
         )
+
+    async def _send_full_size(self, interaction: discord.Interaction, generation) -> None:
+        """The stored PNGs, sent privately: whole when they fit this upload limit, else
+        in tiles that do (the result message had to show a smaller copy)."""
+        paths = [p for p in self.bot.generations.history.output_paths(generation) if p.is_file()]
+        if not paths:
+            await say(interaction, f"⚠️ The images of #{generation.id} are no longer stored.")
+            return
+        limit = interaction.filesize_limit
+        try:
+            messages = await asyncio.to_thread(
+                render.full_size_parts, paths, limit, stem=f"easel_{generation.id}_full"
+            )
+        except ValueError as exc:
+            await say(interaction, f"⚠️ {sentence(str(exc))}")
+            return
+        parts = sum(len(m) for m in messages)
+        whole = parts == len(paths)
+        await say(
+            interaction,
+            f"📥 The full-size PNG of #{generation.id}"
+            + ("" if whole else f", in {parts} parts (row by row, left to right)")
+            + ":",
+        )
+        for files in messages:
+            await interaction.followup.send(
+                files=render.to_discord_files(render.Prepared(files)), ephemeral=True
+            )
 
     async def _delete(self, interaction: discord.Interaction, generation) -> None:
         admin = context.is_admin(self.bot, interaction.user, interaction.permissions)

@@ -17,31 +17,56 @@ log = logging.getLogger("bot.discord")
 GENERIC = "Something went wrong on my side; the details are in the bot's log."
 
 
-def sentence(text: str, limit: int = 300) -> str:
-    """One line, capitalised, ending with a full stop, at most ``limit`` characters."""
+def sentence(text: str, limit: int = 300, *, capitalise: bool = True) -> str:
+    """One line, capitalised (unless it starts with a name that must stay as typed:
+    ``capitalise=False``), ending with a full stop, at most ``limit`` characters."""
     text = " ".join(str(text).split())
     if not text:
         return GENERIC
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
-    text = text[0].upper() + text[1:]
+    if capitalise:
+        text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?…" else text + "."
+
+
+def problem_list(problems: list[str]) -> str:
+    """Several problems of one request: a count, then one line each."""
+    lines = [f"That request has {len(problems)} problems:"]
+    lines += [f"• {sentence(p, 200)}" for p in problems[:10]]
+    if len(problems) > 10:
+        lines.append(f"• … and {len(problems) - 10} more.")
+    return "\n".join(lines)
+
+
+def generation_number(value) -> str:
+    """How a missing generation is named: ``#5``, or the bad value in words."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return f"#{number}" if number >= 1 else f"{number} (results are numbered from 1)"
 
 
 def friendly(exc: BaseException) -> str:
     """The sentence a user sees for ``exc``. Unexpected errors are logged with their
     traceback and shown as a generic sentence."""
     from bot.services.errors import DbError, NotFound, ServiceError
+    from bot.services.lora_file_errors import LoraFileError
     from bot.services.moderation import Refused
-    from bot.services.parsing import ParseError
+    from bot.services.parsing import ParseError, ParseErrors
     from runner.errors import EaselError, JobCancelled, NodeExecutionError, WorkflowInvalid
     from runner.images import BadImage
 
+    if isinstance(exc, ParseErrors) and len(exc.problems) > 1:
+        return problem_list(exc.problems)
     if isinstance(exc, ParseError | Refused):
         return sentence(str(exc))
+    if isinstance(exc, LoraFileError):
+        return sentence(str(exc), capitalise=False)  # the file name as the user typed it
     if isinstance(exc, NotFound):
         if exc.kind == "generation":
-            return f"There is no result #{exc.value} that you can change."
+            return f"There is no result {generation_number(exc.value)}."
         return sentence(f"No {exc.kind} named {exc.value!r} was found")
     if isinstance(exc, DbError):
         return sentence(str(exc))

@@ -112,20 +112,48 @@ async def post_images(bot, result: JobResult, live: Live | None) -> discord.Mess
         upload_limit(bot, result, live),
         stem=f"easel_{generation.id}",
     )
+    params = result_parameters(generation)
+    resized = None
+    if generation.parent_id is None:  # an upload (a result's own V/U/reply say nothing)
+        resized = await asyncio.to_thread(source_size_note, settings, params)
+    if resized:
+        notes.append(resized)
     if prepared.note:
         notes.append(prepared.note)
-    content = render.result_content(
-        f"<@{result.user_id}>", result_parameters(generation), generation.id, notes
-    )
+    content = render.result_content(f"<@{result.user_id}>", params, generation.id, notes)
 
     def kwargs() -> dict[str, Any]:
         return {
             "content": content,
             "files": render.to_discord_files(prepared, spoiler=spoiler),
-            "view": result_view(generation.id, len(prepared.files) or 1),
+            "view": result_view(
+                generation.id, len(prepared.files) or 1, full=prepared.note is not None
+            ),
         }
 
     return await send(bot, result, live, kwargs)
+
+
+def source_size_note(settings, params: dict[str, Any]) -> str | None:
+    """For img2img: a note saying the size worked at, when it is not the source
+    image's (a small upload is worked on at the model's size, its shape kept)."""
+    name = params.get("init_image")
+    if not name:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(settings.input_dir / str(name)) as image:
+            source = image.size
+    except (OSError, ValueError):
+        return None
+    made = (params.get("width"), params.get("height"))
+    if tuple(source) == made:
+        return None
+    return (
+        f"Started from a {source[0]}×{source[1]} image, made at {made[0]}×{made[1]} "
+        "(its shape at the model's size; --size or --ar choose another)."
+    )
 
 
 async def send(bot, result: JobResult, live: Live | None, kwargs: Any) -> discord.Message | None:
@@ -140,8 +168,15 @@ async def send(bot, result: JobResult, live: Live | None, kwargs: Any) -> discor
         channel = bot.get_channel(result.channel_id) or bot.get_partial_messageable(
             result.channel_id, guild_id=result.guild_id
         )
+        reference = live.status.reply_to() if live is not None else None
+        extra: dict[str, Any] = {}
+        if reference is not None:  # the member's message: the result is its reply
+            extra["reference"] = reference.to_reference(fail_if_not_exists=False)
+            extra["mention_author"] = False
         try:
-            return await channel.send(**make(), allowed_mentions=mentions, nonce=result.nonce)
+            return await channel.send(
+                **make(), **extra, allowed_mentions=mentions, nonce=result.nonce
+            )
         except discord.HTTPException as exc:
             log.warning(
                 "could not post job %s in channel %s: %s", result.job_id, result.channel_id, exc

@@ -82,3 +82,27 @@ async def tell_old_status(bot, result: JobResult, text: str) -> None:
             )
     except discord.HTTPException as exc:
         log.info("could not update the old status of job %s: %s", result.job_id, exc)
+
+
+async def finish_old_status(bot, result: JobResult, message: discord.Message | None) -> None:
+    """A job of an earlier run was posted: its old status says how it ended, except a
+    reply status of a done job, which is deleted (the result is the answer)."""
+    from bot.discord.status import ended_text
+
+    if (
+        result.status == "done"
+        and message is not None
+        and result.status_message_id
+        and result.status_channel_id
+        and not result.status_token
+    ):
+        try:
+            await (
+                bot.get_partial_messageable(result.status_channel_id)
+                .get_partial_message(result.status_message_id)
+                .delete()
+            )
+        except discord.HTTPException as exc:
+            log.info("could not delete the old status of job %s: %s", result.job_id, exc)
+        return
+    await tell_old_status(bot, result, ended_text(result, message))

@@ -136,7 +136,8 @@ def details_embed(generation) -> Any:
     for name, value in fields:
         if value not in (None, ""):
             embed.add_field(name=name, value=escape(str(value))[:1024], inline=True)
-    embed.set_footer(text=f"by user {generation.user_id}")
+    # A mention renders as the member's name (embeds never ping anyone).
+    embed.add_field(name="By", value=f"<@{int(generation.user_id)}>", inline=True)
     return embed
 
 
@@ -206,6 +207,61 @@ def fit_images(
             )
         scale *= 0.75
     return Prepared([], "The image is too large to upload here, even scaled down.")
+
+
+MAX_FILES_PER_MESSAGE = 10
+
+
+def full_size_parts(
+    paths: list[Path], limit_bytes: int, *, stem: str = "easel"
+) -> list[list[tuple[str, bytes]]]:
+    """The stored PNGs, unchanged when each fits ``limit_bytes``; an image that does
+    not is cut into a grid of PNG tiles (2x2, 3x3, ... until every tile fits), named
+    ``<stem>_r<row>c<col>.png``. Returned as messages: each at most 10 files and
+    ``limit_bytes`` in all. Raises ValueError when even 8x8 tiles do not fit."""
+    from PIL import Image
+
+    files: list[tuple[str, bytes]] = []
+    for i, path in enumerate(paths):
+        name = f"{stem}_{i + 1}" if len(paths) > 1 else stem
+        raw = Path(path).read_bytes()
+        if len(raw) <= limit_bytes:
+            files.append((f"{name}.png", raw))
+            continue
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            files += _tiles(image, name, limit_bytes)
+    messages: list[list[tuple[str, bytes]]] = []
+    for item in files:
+        last = messages[-1] if messages else None
+        if (
+            last is None
+            or len(last) >= MAX_FILES_PER_MESSAGE
+            or sum(len(d) for _, d in last) + len(item[1]) > limit_bytes
+        ):
+            messages.append([item])
+        else:
+            last.append(item)
+    return messages
+
+
+def _tiles(image, name: str, limit_bytes: int) -> list[tuple[str, bytes]]:
+    for n in range(2, 9):
+        tiles = []
+        for row in range(n):
+            for col in range(n):
+                box = (
+                    image.width * col // n,
+                    image.height * row // n,
+                    image.width * (col + 1) // n,
+                    image.height * (row + 1) // n,
+                )
+                tiles.append((f"{name}_r{row + 1}c{col + 1}.png", _encode(image.crop(box), "PNG")))
+        if all(len(d) <= limit_bytes for _, d in tiles):
+            return tiles
+    raise ValueError(
+        f"the image is too large to send here even in 64 parts ({limit_bytes} bytes each at most)"
+    )
 
 
 def to_discord_files(prepared: Prepared, *, spoiler: bool = False) -> list[Any]:

@@ -204,7 +204,7 @@ class Reporter:
             await self._settle(subscription, follower)
             # Marked posted (and the message linked to its generation) before "Done".
             await asyncio.to_thread(self.bot.jobs.flush_posts, 30)
-            await status.close(ended_text(result, message))
+            await status.finish(result, message)
             return message
         finally:
             subscription.close()
@@ -331,7 +331,7 @@ class Reporter:
         if live is not None and not live.posted.done():
             live.posted.set_result((result, message))
         elif live is None:
-            await recovery.tell_old_status(self.bot, result, ended_text(result, message))
+            await recovery.finish_old_status(self.bot, result, message)
         return message.id if message is not None else None
 
     async def resumed(self, result: JobResult) -> None:

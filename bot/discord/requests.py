@@ -73,7 +73,8 @@ class RequestBuilder:
     def parse(
         self, text: str, options: dict[str, Any], defaults, limits: Limits, **kwargs: Any
     ) -> GenerationRequest:
-        """:func:`build_request` with this bot's models, samplers and schedulers."""
+        """:func:`build_request` with this bot's models, samplers and schedulers (the
+        pair checked too), then the prompt ban list."""
         env = self.bot.env
         request = build_request(
             text,
@@ -105,10 +106,22 @@ class RequestBuilder:
             init_image, size = await asyncio.to_thread(self._store, data)
             defaults = await asyncio.to_thread(self._fit_defaults, defaults, size)
         # Off the loop: the model's native size and the model list may read files.
-        request = await asyncio.to_thread(self.parse, prompt, options, defaults, limits)
+        request = await asyncio.to_thread(
+            self.parse, prompt, options, defaults, limits, has_image=init_image is not None
+        )
         return Submission(
             request, init_image=init_image, kind="img2img" if init_image else "imagine"
         ), context.interaction_destination(interaction)
+
+    async def from_text(
+        self, user: discord.abc.User, guild_id: int | None, text: str
+    ) -> Submission:
+        """``@easel a lighthouse`` (a mention with no image to start from): the text is
+        the prompt, inline options included, as ``/imagine`` takes it."""
+        limits = self.admit(user, guild_id)
+        defaults = await context.user_defaults(self.bot, user)
+        request = await asyncio.to_thread(self.parse, text, {}, defaults, limits, has_image=False)
+        return Submission(request, kind="imagine")
 
     async def img2img(
         self,
@@ -135,14 +148,29 @@ class RequestBuilder:
         defaults = await context.user_defaults(self.bot, user)
         init_image, size = await asyncio.to_thread(self._store, data)
         if parent is not None:
+            # A bot result: its settings carry over unless the text changes them.
             carried = request_from_generation(parent)
             defaults = dataclasses.replace(
-                defaults, model=carried.model, width=carried.width, height=carried.height
+                defaults,
+                model=carried.model,
+                width=carried.width,
+                height=carried.height,
+                steps=min(carried.steps, limits.max_steps),
+                cfg=carried.cfg,
+                sampler=carried.sampler,
+                scheduler=carried.scheduler,
+                negative=carried.negative,
             )
         else:
             defaults = await asyncio.to_thread(self._fit_defaults, defaults, size)
         request = await asyncio.to_thread(
-            self.parse, text, options or {}, defaults, limits, allow_empty_prompt=parent is not None
+            self.parse,
+            text,
+            options or {},
+            defaults,
+            limits,
+            allow_empty_prompt=parent is not None,
+            has_image=True,
         )
         if parent is not None:
             if not request.prompt:
@@ -227,10 +255,17 @@ class RequestBuilder:
             return name, im.size
 
     def _fit_defaults(self, defaults, size: tuple[int, int]):
-        """Default to the init image's aspect ratio within the default pixel budget."""
-        w, h = defaults.width, defaults.height
-        if not (w and h):
-            w, h = base_size(self.bot.env, defaults.model)
+        """Default to the init image's aspect ratio at the model's native pixel count
+        (:func:`~bot.services.parsing.size_for_aspect`: sides multiples of 8): a small
+        upload is worked on at the size the model makes well, with its shape kept."""
+        return dataclasses.replace(
+            defaults,
+            **dict(zip(("width", "height"), self.fit_size(defaults.model, size), strict=True)),
+        )
+
+    def fit_size(self, model: str, size: tuple[int, int]) -> tuple[int, int]:
+        """The size img2img works at for a source of ``size``: its aspect ratio (within
+        1:4 to 4:1) at ``model``'s native pixel count."""
+        w, h = base_size(self.bot.env, model)
         ratio = min(4.0, max(0.25, size[0] / max(1, size[1])))
-        width, height = size_for_aspect(ratio, w * h)
-        return dataclasses.replace(defaults, width=width, height=height)
+        return size_for_aspect(ratio, w * h)

@@ -68,6 +68,15 @@ class Status:
             except discord.HTTPException as exc:
                 log.info("could not update a status message: %s", exc)
 
+    async def finish(self, result: JobResult, message: discord.Message | None) -> None:
+        """The job ended and its result was posted (``message``, or None): show how it
+        ended (:func:`ended_text`)."""
+        await self.close(ended_text(result, message))
+
+    def reply_to(self) -> discord.Message | None:
+        """The member's message that the result answers as a reply, if any."""
+        return None
+
     async def fallback_send(self, **kwargs: Any) -> discord.Message | None:
         """Post a result here when the channel refuses it (None when impossible)."""
         return None
@@ -103,11 +112,33 @@ class InteractionStatus(Status):
 
 
 class MessageStatus(Status):
-    """A bot message replying to the user's message (reply-to-image)."""
+    """A bot message replying to the user's message (reply-to-image, a mention): it
+    shows the wait and the progress; once the result is posted (itself a reply to the
+    member's message, ``request``) it is deleted, so nothing but the result is left."""
 
-    def __init__(self, message: discord.Message, interval: float = 1.5):
+    def __init__(
+        self,
+        message: discord.Message,
+        interval: float = 1.5,
+        request: discord.Message | None = None,
+    ):
         super().__init__(interval)
         self.message = message
+        self.request = request
+
+    def reply_to(self) -> discord.Message | None:
+        return self.request
+
+    async def finish(self, result: JobResult, message: discord.Message | None) -> None:
+        if result.status != "done" or message is None:
+            await super().finish(result, message)
+            return
+        async with self._lock:
+            self._closed = True
+            try:
+                await self.message.delete()
+            except discord.HTTPException as exc:
+                log.info("could not delete a status message: %s", exc)
 
     async def _edit(self, text: str, file: discord.File | None = None) -> None:
         await self.message.edit(content=text, attachments=[file] if file is not None else [])

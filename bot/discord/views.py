@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import discord
 
-ACTIONS = ("reroll", "rerun", "var", "up", "seed", "info", "del")
-CUSTOM_ID = (
-    r"easel:(?P<action>reroll|rerun|var|up|seed|info|del):(?P<gid>[0-9]{1,19})(?::(?P<idx>[0-9]))?"
-)
+ACTIONS = ("reroll", "rerun", "var", "up", "seed", "info", "del", "full")
+CUSTOM_ID = r"easel:(?P<action>reroll|rerun|var|up|seed|info|del|full):(?P<gid>[0-9]{1,19})(?::(?P<idx>[0-9]))?"
 
 _LOOK: dict[str, tuple[str, str | None, discord.ButtonStyle]] = {
     "reroll": ("Reroll", "🔄", discord.ButtonStyle.secondary),
@@ -19,6 +17,7 @@ _LOOK: dict[str, tuple[str, str | None, discord.ButtonStyle]] = {
     "seed": ("Reuse seed", "🌱", discord.ButtonStyle.secondary),
     "info": ("Details", "ℹ️", discord.ButtonStyle.secondary),
     "del": ("Delete", "🗑️", discord.ButtonStyle.danger),
+    "full": ("Full size", "📥", discord.ButtonStyle.secondary),
 }
 
 
@@ -68,12 +67,15 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID
         )
 
 
-def result_view(generation_id: int, count: int) -> discord.ui.View:
-    """The buttons for a result of ``count`` images (V and U buttons for each image)."""
+def result_view(generation_id: int, count: int, *, full: bool = False) -> discord.ui.View:
+    """The buttons for a result of ``count`` images (V and U buttons for each image);
+    ``full`` adds "Full size" (the images were sent smaller than they are)."""
     view = discord.ui.View(timeout=None)
     if count <= 1:
         for action in ("reroll", "var", "up", "seed", "info"):
             view.add_item(ResultButton(action, generation_id, row=0))
+        if full:
+            view.add_item(ResultButton("full", generation_id, row=1))
         view.add_item(ResultButton("del", generation_id, row=1))
         return view
     for i in range(min(count, 5)):
@@ -82,6 +84,8 @@ def result_view(generation_id: int, count: int) -> discord.ui.View:
         view.add_item(ResultButton("up", generation_id, i, row=1))
     for action in ("reroll", "seed", "info", "del"):
         view.add_item(ResultButton(action, generation_id, row=2))
+    if full:
+        view.add_item(ResultButton("full", generation_id, row=3))
     return view
 
 

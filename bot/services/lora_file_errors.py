@@ -41,14 +41,15 @@ class BadHeader(LoraFileError):
 
 
 class HeaderTooLarge(LoraFileError):
-    """The header length field claims more than :data:`MAX_HEADER_BYTES`."""
+    """The header length field claims more than :data:`MAX_HEADER_BYTES`: whatever the
+    file is, it is not a LoRA (a LoRA's header is small), so the message says that
+    rather than quote the absurd length (kept in ``claimed`` for the log)."""
 
     def __init__(self, filename: str, claimed: int, limit: int):
         self.claimed = claimed
         self.limit = limit
         super().__init__(
-            filename,
-            f"the safetensors header claims {claimed} bytes, more than the {limit} bytes allowed",
+            filename, "this is not a LoRA file (its start does not read as a safetensors file)"
         )
 
 

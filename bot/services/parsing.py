@@ -61,6 +61,62 @@ class ParseError(ValueError):
     """A request that cannot be made; ``str(error)`` is one sentence for the user."""
 
 
+class ParseErrors(ParseError):
+    """Several problems found in one request, all reported at once (as workflow
+    validation does). ``problems`` holds one sentence each; ``str()`` is one line: the
+    only problem's sentence, or ``"3 problems: a; b; c."``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = [str(p) for p in problems]
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems: " + "; ".join(
+                p.rstrip(".") for p in self.problems
+            )
+            text += "."
+        super().__init__(text)
+
+
+class Problems:
+    """Collects :class:`ParseError` sentences so that every bad value is reported at
+    once: ``with problems.check(): ...`` records a ParseError raised inside and goes on;
+    :meth:`raise_any` raises them together as :class:`ParseErrors`."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, error: ParseError | str) -> None:
+        """Record one problem (a :class:`ParseErrors` adds each of its own)."""
+        if isinstance(error, ParseErrors):
+            self.items.extend(error.problems)
+        else:
+            self.items.append(str(error))
+
+    def check(self) -> _Checking:
+        """A context manager recording a ParseError raised inside it."""
+        return _Checking(self)
+
+    def raise_any(self) -> None:
+        """Raise the problems recorded so far, if any."""
+        if self.items:
+            raise ParseErrors(list(dict.fromkeys(self.items)))
+
+
+class _Checking:
+    def __init__(self, problems: Problems):
+        self.problems = problems
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, ParseError):
+            self.problems.add(error)
+            return True
+        return False
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one user may ask for (from configuration and their roles)."""
@@ -240,8 +296,18 @@ def parse_prompt(text: str) -> ParsedPrompt:
 
     ``--no`` takes every word up to the next option; the others take one word (or
     ``--name=value``). An option given twice keeps the last value, except ``--no``, whose
-    values are joined.
+    values are joined. Every bad option is reported at once (:class:`ParseErrors`).
     """
+    problems = Problems()
+    parsed = collect_prompt(text, problems)
+    problems.raise_any()
+    return parsed
+
+
+def collect_prompt(text: str, problems: Problems) -> ParsedPrompt:
+    """:func:`parse_prompt` that records bad options in ``problems`` and returns what
+    it could read (so a caller can report every problem of a request at once). A prompt
+    that cannot be split at all (too long, an unclosed LoRA tag) still raises."""
     if not isinstance(text, str):
         raise ParseError("the prompt must be text.")
     if len(text) > MAX_PROMPT_CHARS:
@@ -263,6 +329,7 @@ def parse_prompt(text: str) -> ParsedPrompt:
     words: list[str] = []
     options: dict[str, Any] = {}
     negatives: list[str] = []
+    unknown: list[str] = []
     tokens = rest.split()
     i = 0
     while i < len(tokens):
@@ -275,10 +342,11 @@ def parse_prompt(text: str) -> ParsedPrompt:
         name = match.group(1).lower()
         key = OPTION_ALIASES.get(name)
         if key is None:
-            known = ", ".join(
-                f"--{n}" for n in sorted(set(OPTION_ALIASES) - {"neg", "negative", "aspect"})
-            )
-            raise ParseError(f"--{name} is not an option; known options are {known}.")
+            unknown.append(f"--{name}")
+            i += 1
+            if match.group(2) is None and i < len(tokens) and not _OPTION.match(tokens[i]):
+                i += 1  # its value
+            continue
         inline = match.group(2)
         i += 1
         if key == "negative":
@@ -287,17 +355,28 @@ def parse_prompt(text: str) -> ParsedPrompt:
                 taken.append(tokens[i])
                 i += 1
             if not taken:
-                raise ParseError("--no needs some words after it, e.g. --no text, watermark.")
+                problems.add("--no needs some words after it, e.g. --no text, watermark.")
+                continue
             negatives.append(" ".join(taken))
             continue
         if inline is None:
             if i >= len(tokens) or _OPTION.match(tokens[i]):
-                raise ParseError(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
+                problems.add(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
+                continue
             inline = tokens[i]
             i += 1
         if not inline:
-            raise ParseError(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
-        options[key] = convert_option(key, inline)
+            problems.add(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
+            continue
+        with problems.check():
+            options[key] = convert_option(key, inline)
+    if unknown:
+        known = ", ".join(
+            f"--{n}" for n in sorted(set(OPTION_ALIASES) - {"neg", "negative", "aspect"})
+        )
+        names = ", ".join(dict.fromkeys(unknown))
+        verb = "is not an option" if len(set(unknown)) == 1 else "are not options"
+        problems.add(f"{names} {verb}; known options are {known}.")
     if negatives:
         options["negative"] = ", ".join(negatives)
     return ParsedPrompt(" ".join(words), loras, options)

@@ -22,12 +22,14 @@ from bot.services.parsing import (
     MAX_PROMPT_CHARS,
     Defaults,
     Limits,
+    ParsedPrompt,
     ParseError,
+    Problems,
+    collect_prompt,
     convert_option,
     parse_float,
     parse_int,
     parse_loras,
-    parse_prompt,
     shorten,
     size_for_aspect,
 )
@@ -51,6 +53,51 @@ def _normalise_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def names_hint(kind: str, value: str, names: Collection[str], shown: int = 8) -> str:
+    """``there is no sampler named 'x'; try a, b, c and 30 more (see the option's
+    suggestions).``: the names sorted, the first ``shown`` of them, and how many are left."""
+    ordered = sorted(names)
+    listed = ", ".join(ordered[:shown])
+    more = len(ordered) - shown
+    tail = f" and {more} more (see the {kind} option's suggestions)" if more > 0 else ""
+    return f"there is no {kind} named {shorten(value)}; try {listed}{tail}."
+
+
+def pair_problem(sampler: str, scheduler: str) -> str | None:
+    """A sentence when ``sampler`` cannot run with ``scheduler`` (the runner's
+    :func:`~runner.diffusion.samplers.check_combination`), naming the schedulers that
+    fit; None when the pair runs (or the runner does not know the sampler)."""
+    fitting = schedulers_for(sampler)
+    if fitting is None:
+        return None
+    from runner.diffusion.samplers import check_combination
+
+    try:
+        problem = check_combination(sampler, scheduler)
+    except Exception:  # a sampler the runner implements elsewhere: validation decides
+        return None
+    if problem is None:
+        return None
+    if not fitting:
+        return f"sampler {sampler} cannot run with any scheduler here; choose another sampler."
+    return (
+        f"sampler {sampler} does not work with scheduler {scheduler}; "
+        f"with {sampler} use {', '.join(fitting)}."
+    )
+
+
+def schedulers_for(sampler: str) -> list[str] | None:
+    """The scheduler names ``sampler`` runs with (the runner's
+    :func:`~runner.diffusion.samplers.supported_schedulers`), or None when the runner
+    does not say (a sampler it does not list there)."""
+    from runner.diffusion import samplers as runner_samplers
+
+    try:
+        return list(runner_samplers.supported_schedulers(sampler))
+    except Exception:
+        return None
+
+
 def build_request(
     prompt: str,
     *,
@@ -62,19 +109,29 @@ def build_request(
     schedulers: Collection[str] | None = None,
     models: Collection[str] | None = None,
     allow_empty_prompt: bool = False,
+    has_image: bool | None = None,
 ) -> GenerationRequest:
     """Parse ``prompt`` and merge it with the slash command's ``options`` (None or missing
     = not given; keys: negative, seed, steps, cfg, sampler, scheduler, size, aspect, count,
     model, lora, strength), the user's ``defaults`` and the bot's ``limits``.
 
     ``base_size(model)`` gives a model's default size (the pixel budget for ``--ar``);
-    ``samplers``/``schedulers``/``models``, when given, are the names accepted.
-    Raises :class:`ParseError` with one sentence for the user.
+    ``samplers``/``schedulers``/``models``, when given, are the names accepted (and a
+    sampler/scheduler pair that cannot run together is refused). ``has_image`` False
+    refuses a ``strength`` given without an image to start from (None: not checked).
+    Every bad value is reported at once: raises :class:`ParseError` (one problem) or
+    :class:`ParseErrors` (several), each problem one sentence for the user.
     """
     defaults = defaults or Defaults()
     limits = limits or Limits()
-    parsed = parse_prompt(prompt)
-    slash = _normalise_options(options)
+    problems = Problems()
+    parsed = ParsedPrompt("")
+    with problems.check():
+        parsed = collect_prompt(prompt, problems)
+    slash: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        with problems.check():
+            slash.update(_normalise_options({key: value}))
     inline = parsed.options
 
     def pick(key: str, fallback: Any) -> Any:
@@ -85,53 +142,73 @@ def build_request(
         return fallback
 
     text = parsed.text.strip()
-    if not text and not allow_empty_prompt:
-        raise ParseError("the prompt is empty; describe the image you want.")
+    if not text and not allow_empty_prompt and not problems.items:
+        problems.add("the prompt is empty; describe the image you want.")
 
     model = str(pick("model", defaults.model)).strip()
     if not model:
-        raise ParseError("the model name is empty.")
-    if models is not None and model not in models:
-        raise ParseError(
+        problems.add("the model name is empty.")
+    elif models is not None and model not in models:
+        problems.add(
             f"there is no model named {shorten(model)}; see the model option's suggestions."
         )
 
-    seed = pick("seed", None)
-    seed = None if seed is None else parse_int("seed", seed, 0, MAX_SEED)
-    steps = parse_int("steps", pick("steps", defaults.steps), 1, 10_000)
-    if steps > limits.max_steps:
-        raise ParseError(f"steps {steps} is more than your limit of {limits.max_steps}.")
-    cfg = parse_float("cfg", pick("cfg", defaults.cfg), 0.0, MAX_CFG)
-    strength = parse_float("strength", pick("strength", defaults.strength), 0.0, 1.0, low_open=True)
-    count = parse_int("count", pick("count", defaults.count), 1, 100)
-    if count > limits.max_count:
-        raise ParseError(f"count {count} is more than your limit of {limits.max_count} images.")
+    seed = steps = cfg = strength = count = None
+    with problems.check():
+        seed = pick("seed", None)
+        seed = None if seed is None else parse_int("seed", seed, 0, MAX_SEED)
+    with problems.check():
+        steps = parse_int("steps", pick("steps", defaults.steps), 1, 10_000)
+        if steps > limits.max_steps:
+            raise ParseError(f"steps {steps} is more than your limit of {limits.max_steps}.")
+    with problems.check():
+        cfg = parse_float("cfg", pick("cfg", defaults.cfg), 0.0, MAX_CFG)
+    with problems.check():
+        strength = parse_float(
+            "strength", pick("strength", defaults.strength), 0.0, 1.0, low_open=True
+        )
+    if has_image is False and ("strength" in slash or "strength" in inline):
+        problems.add(
+            "strength only applies when you start from an image; attach one with the "
+            "image option (or reply to an image), or leave strength out."
+        )
+    with problems.check():
+        count = parse_int("count", pick("count", defaults.count), 1, 100)
+        if count > limits.max_count:
+            raise ParseError(f"count {count} is more than your limit of {limits.max_count} images.")
 
     sampler = str(pick("sampler", defaults.sampler)).strip()
-    if samplers is not None and sampler not in samplers:
-        raise ParseError(
-            f"there is no sampler named {shorten(sampler)}; try {', '.join(sorted(samplers)[:6])}."
-        )
+    sampler_ok = samplers is None or sampler in samplers
+    if not sampler_ok:
+        problems.add(names_hint("sampler", sampler, samplers))
     scheduler = str(pick("scheduler", defaults.scheduler)).strip()
-    if schedulers is not None and scheduler not in schedulers:
-        raise ParseError(
-            f"there is no scheduler named {shorten(scheduler)}; try {', '.join(sorted(schedulers)[:6])}."
-        )
+    scheduler_ok = schedulers is None or scheduler in schedulers
+    if not scheduler_ok:
+        problems.add(names_hint("scheduler", scheduler, schedulers))
+    if samplers is not None and sampler_ok and scheduler_ok:
+        problem = pair_problem(sampler, scheduler)
+        if problem:
+            problems.add(problem)
 
-    width, height = _geometry(slash, inline, defaults, model, base_size)
-    if width > limits.max_width or height > limits.max_height:
-        raise ParseError(
-            f"size {width}x{height} is larger than your limit of {limits.max_width}x{limits.max_height}."
-        )
+    width = height = 0
+    with problems.check():
+        width, height = _geometry(slash, inline, defaults, model, base_size)
+        if width > limits.max_width or height > limits.max_height:
+            raise ParseError(
+                f"size {width}x{height} is larger than your limit of {limits.max_width}x{limits.max_height}."
+            )
 
     negatives = [n for n in (inline.get("negative"), slash.get("negative")) if n]
     negative = ", ".join(str(n).strip() for n in negatives) if negatives else defaults.negative
     if len(negative) > MAX_PROMPT_CHARS:
-        raise ParseError(
+        problems.add(
             f"the negative prompt is {len(negative)} characters long; the limit is {MAX_PROMPT_CHARS}."
         )
 
-    loras = _merge_loras(parsed.loras, slash.get("lora") or [])
+    loras: list[LoraRef] = []
+    with problems.check():
+        loras = _merge_loras(parsed.loras, slash.get("lora") or [])
+    problems.raise_any()
     return GenerationRequest(
         prompt=text,
         negative=negative,

@@ -105,7 +105,7 @@ def vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeHandle):
         shift = getattr(module.config, "shift_factor", None) or 0.0
         return ((dist.mode() - shift) * scale).float().cpu()
 
-    return ({"samples": _vae_run(ctx, vae, (h, w), run)},)
+    return ({"samples": _vae_run(ctx, vae, (h, w), run), **_tags(vae)},)
 
 
 def _with_vae(vae: VaeHandle, fn):
@@ -125,6 +125,16 @@ def _with_vae(vae: VaeHandle, fn):
             module.use_tiling = tiling
             if upcast:
                 module.to(torch.float16)
+
+
+def _tags(vae: VaeHandle) -> dict:
+    """The LATENT's ``latent_format`` / ``latent_scale`` (:mod:`plugins.core.latent_io`):
+    the VAE's scaling factor, or its family's for a TAESD (scaling factor 1: its latents
+    are already in the UNet's scale)."""
+    from plugins.core.latent_io import latent_tags
+
+    scale = float(getattr(vae.checkpoint.pipe.vae.config, "scaling_factor", 1.0) or 1.0)
+    return latent_tags(vae.checkpoint.family, None if scale == 1.0 else scale)
 
 
 def _scale_shift(module) -> tuple[float, float]:
@@ -237,7 +247,7 @@ def vae_encode_tiled(
         total = sum(tiled_apply(x, encode, th, tw, overlap, 1 / 8, channels) for th, tw in tilings)
         return total / 3.0
 
-    return ({"samples": _with_vae(vae, run)},)
+    return ({"samples": _with_vae(vae, run), **_tags(vae)},)
 
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")

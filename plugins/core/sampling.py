@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from plugins.core.latent_io import latent_tags
 from runner import Conditioning, Input, Latent, ModelHandle, NodeContext, hookimpl, node
 from runner import types as T
 from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
@@ -32,9 +33,14 @@ def _run_sampler(
 ):
     ckpt = model.checkpoint
     samples = latent_image["samples"]
-    if samples.shape[1] != ckpt.pipe.unet.config.in_channels:
+    noise_mask = latent_image.get("noise_mask")
+    in_channels = ckpt.pipe.unet.config.in_channels
+    # An inpainting UNet (9 input channels) takes a 4-channel latent plus the mask and
+    # the masked image latent, which the sampling loop adds.
+    expected = 4 if in_channels == 9 else in_channels
+    if samples.shape[1] != expected:
         raise ValueError(
-            f"the latent has {samples.shape[1]} channels but {ckpt.name}'s model expects {ckpt.pipe.unet.config.in_channels}"
+            f"the latent has {samples.shape[1]} channels but {ckpt.name}'s model expects {expected}"
         )
 
     def on_step(i: int, total: int, latents: torch.Tensor) -> None:
@@ -46,16 +52,24 @@ def _run_sampler(
     if batch is not None:  # one sampler call shared by the jobs of a batch (runner.jobs)
         from runner.diffusion.batched import SamplerCall, sample_calls
 
-        call = SamplerCall(ctx, model, positive, negative, samples, kwargs)
+        call = SamplerCall(ctx, model, positive, negative, samples, kwargs, noise_mask)
         out = batch.run(ctx.job_id, call, sample_calls)
         ctx.check_cancelled()
     else:
-        job = SampleJob(kwargs.pop("seed"), samples, positive, negative)
+        job = SampleJob(kwargs.pop("seed"), samples, positive, negative, noise_mask)
         with ckpt.lock:
             ckpt.activate_loras(unet=model.loras, text_encoder=())
-            (out,) = sample(ckpt, [job], on_step=on_step, **kwargs)
+            (out,) = sample(
+                ckpt,
+                [job],
+                on_step=on_step,
+                prediction=model.prediction,
+                zsnr=model.zsnr,
+                **kwargs,
+            )
     result = dict(latent_image)
     result["samples"] = out
+    result.update(latent_tags(ckpt.family))  # which scale it is in (SaveLatent)
     return (result,)
 
 

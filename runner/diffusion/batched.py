@@ -35,10 +35,40 @@ class SamplerCall:
     samples: torch.Tensor
     kwargs: dict[str, Any] = field(default_factory=dict)
     """``sample``'s keyword arguments: seed, steps, cfg, sampler_name, scheduler_name..."""
+    noise_mask: torch.Tensor | None = None
+    """The LATENT's ``noise_mask`` (inpainting), if any."""
 
 
 def _shape(c: Conditioning) -> tuple:
-    return (tuple(c.embeds.shape[1:]), None if c.pooled is None else tuple(c.pooled.shape[1:]))
+    """What decides whether two CONDITIONINGs can share a loop: for a plain one its
+    embeddings' shapes (as before entries existed); otherwise every entry's shapes and
+    options, with tensors (masks, hints, controls) by identity."""
+    if c.plain:
+        return (tuple(c.embeds.shape[1:]), None if c.pooled is None else tuple(c.pooled.shape[1:]))
+    return ("entries",) + tuple(_entry_key(e) for e in c)
+
+
+def _entry_key(e) -> tuple:
+    def ident(t):
+        return None if t is None else id(t)
+
+    return (
+        tuple(e.embeds.shape[1:]),
+        None if e.pooled is None else tuple(e.pooled.shape[1:]),
+        e.area,
+        e.strength,
+        ident(e.mask),
+        e.mask_strength,
+        e.set_area_to_bounds,
+        e.start_percent,
+        e.end_percent,
+        ident(e.control),
+        e.size,
+        e.aesthetic_score,
+        ident(e.concat_latent),
+        ident(e.concat_mask),
+        tuple(sorted((k, id(v)) for k, v in e.extra.items())),
+    )
 
 
 def _group_key(call: SamplerCall) -> tuple:
@@ -46,10 +76,13 @@ def _group_key(call: SamplerCall) -> tuple:
     return (
         id(call.model.checkpoint),
         call.model.loras,
+        call.model.prediction,
+        call.model.zsnr,
         rest,
         tuple(call.samples.shape[1:]),
         _shape(call.positive),
         _shape(call.negative),
+        None if call.noise_mask is None else tuple(call.noise_mask.shape[1:]),
     )
 
 
@@ -88,7 +121,11 @@ def _sample_group(calls: list[SamplerCall]) -> list[torch.Tensor]:
             raise JobCancelled(f"every job of the batch was cancelled at step {i}")
 
     kwargs = {k: v for k, v in first.kwargs.items() if k != "seed"}
-    jobs = [SampleJob(c.kwargs.get("seed", 0), c.samples, c.positive, c.negative) for c in calls]
+    kwargs.update(prediction=first.model.prediction, zsnr=first.model.zsnr)
+    jobs = [
+        SampleJob(c.kwargs.get("seed", 0), c.samples, c.positive, c.negative, c.noise_mask)
+        for c in calls
+    ]
     with ckpt.lock:
         ckpt.activate_loras(unet=first.model.loras, text_encoder=())
         return sample(ckpt, jobs, on_step=on_step, **kwargs)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from runner.diffusion.guidance import Guidance
-from runner.diffusion.samplers import make_scheduler
+from runner.diffusion.model_sampling import PREDICTIONS, diffusers_prediction
+from runner.diffusion.samplers import make_scheduler, uses_sigma_path
 from runner.handles import Conditioning
 
 # ComfyUI's latent -> RGB approximations, for step previews.
@@ -102,10 +103,49 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _scheduler_config(config, seed: int) -> dict:
+def _scheduler_config(config, seed: int, prediction: str | None = None, zsnr: bool = False) -> dict:
     out = dict(config)
     out["noise_sampler_seed"] = int(seed) % (2**63)
+    if prediction is not None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction type {prediction!r}; expected one of {', '.join(PREDICTIONS)}"
+            )
+        # lcm is an eps model sampled with LCM's boundary conditions, which diffusers'
+        # LCMScheduler computes itself (the lcm sampler only: _check_prediction).
+        out["prediction_type"] = diffusers_prediction(prediction) or "epsilon"
+    if zsnr:
+        out["rescale_betas_zero_snr"] = True
     return out
+
+
+def _check_prediction(prediction: str | None, sampler_name: str) -> None:
+    """LCM sampling reaches this (diffusers) path only with samplers easel runs through
+    diffusers alone (deis, uni_pc...), whose schedulers cannot apply LCM's boundary
+    conditions."""
+    if prediction == "lcm":
+        raise ValueError(
+            f"a model set to lcm sampling (ModelSamplingDiscrete) cannot run with sampler "
+            f"{sampler_name!r}; use lcm, euler or another of ComfyUI's k-diffusion samplers"
+        )
+
+
+def _noise_mask(job: SampleJob, device) -> torch.Tensor | None:
+    """The job's noise mask as ``[count, 1, h, w]`` float32 at the latent size (resized
+    bilinearly, as ComfyUI's ``prepare_mask``), or None."""
+    if job.noise_mask is None:
+        return None
+    mask = job.noise_mask.float()
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None]
+    mask = mask[:, :1]
+    h, w = job.latent.shape[-2:]
+    if tuple(mask.shape[-2:]) != (h, w):
+        mask = torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear")
+    reps = -(-job.count // mask.shape[0])
+    return mask.repeat(reps, 1, 1, 1)[: job.count].to(device)
 
 
 def _schedule(
@@ -158,6 +198,25 @@ def sample(
     shapes = {tuple(j.latent.shape[1:]) for j in jobs}
     if len(shapes) > 1:
         raise ValueError(f"the jobs of one batch need latents of one shape, got {sorted(shapes)}")
+    if uses_sigma_path(sampler_name, scheduler_name, prediction, zsnr):  # easel's own samplers
+        from runner.diffusion.k_samplers.driver import sample_ksampler
+
+        return sample_ksampler(
+            checkpoint,
+            jobs,
+            steps=steps,
+            cfg=cfg,
+            sampler_name=sampler_name,
+            scheduler_name=scheduler_name,
+            denoise=denoise,
+            add_noise=add_noise,
+            start_step=start_step,
+            end_step=end_step,
+            force_full_denoise=force_full_denoise,
+            on_step=on_step,
+            prediction=prediction,
+            zsnr=zsnr,
+        )
     pipe = checkpoint.pipe
     unet = pipe.unet
     device = checkpoint.device
@@ -166,8 +225,11 @@ def sample(
     parts = []  # (scheduler, step kwargs, slice of the batch, seed)
     offset = 0
     for job in jobs:
+        _check_prediction(prediction, sampler_name)
         sched, step_kwargs = make_scheduler(
-            sampler_name, scheduler_name, _scheduler_config(pipe.scheduler.config, job.seed)
+            sampler_name,
+            scheduler_name,
+            _scheduler_config(pipe.scheduler.config, job.seed, prediction, zsnr),
         )
         sched.set_timesteps(total, device=device)
         if "generator" in inspect.signature(sched.step).parameters:
@@ -190,18 +252,34 @@ def sample(
                 sched.set_begin_index(start_step * order)
 
     latent = latent.to(device=device, dtype=torch.float32)
-    pieces = []
+    masks = [_noise_mask(job, device) for job in jobs]
+    pieces, noises = [], []
     for sched, _, part, seed in parts:
         lat = latent[part]
         if not add_noise:
             pieces.append(lat)
+            noises.append(torch.zeros_like(lat))
             continue
         noise = initial_noise(tuple(lat.shape), seed).to(device)
+        noises.append(noise)
         if start_step == 0:
             pieces.append(noise * sched.init_noise_sigma + lat)
         else:
             pieces.append(sched.add_noise(lat, noise, timesteps[:1].repeat(lat.shape[0])))
     x = _cat(pieces).to(dtype)
+
+    def keep_unmasked(x: torch.Tensor, t) -> torch.Tensor:
+        """Inpainting (ComfyUI's KSamplerX0Inpaint): where a job's noise mask is 0 the
+        latent is its input latent noised to the current level, from the job's own noise."""
+        out = []
+        for j, (sched, _, part, _) in enumerate(parts):
+            xj, m = x[part], masks[j]
+            if m is not None:
+                lat = latent[part]
+                level = sched.add_noise(lat, noises[j], t.reshape(1).repeat(lat.shape[0]))
+                xj = (xj.float() * m + level * (1 - m)).to(x.dtype)
+            out.append(xj)
+        return _cat(out)
 
     guidance = Guidance(
         checkpoint, jobs, cfg, latent_shape=tuple(latent.shape), device=device, dtype=dtype
@@ -210,9 +288,12 @@ def sample(
     # Progress counts sampler steps as ComfyUI does: second-order schedulers (heun, dpm_2,
     # dpmpp_sde) make two scheduler calls per step.
     n_steps = -(-len(timesteps) // order)
+    inpainting = any(m is not None for m in masks)
     lasts: list = [None] * len(parts)
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
+            if inpainting:
+                x = keep_unmasked(x, t)
             scaled = _cat([sched.scale_model_input(x[part], t) for sched, _, part, _ in parts])
             noise_pred = guidance(scaled, t)
             outs = []
@@ -226,5 +307,18 @@ def sample(
         denoised = [getattr(last, "pred_original_sample", None) for last in lasts]
         if all(d is not None for d in denoised):
             x = _cat(denoised)
-    out = x.to(torch.float32).cpu()
+    out = x.to(torch.float32)
+    if inpainting:
+        # Outside the mask the result is the input latent: exactly, when the schedule ran
+        # to its end or was fully denoised; noised to the level reached otherwise.
+        leftover = end_step < total and not force_full_denoise
+        finals = []
+        for j, (sched, _, part, _) in enumerate(parts):
+            m, target = masks[j], latent[part]
+            if m is not None and leftover:
+                t_next = first.timesteps[end_step * order : end_step * order + 1]
+                target = sched.add_noise(target, noises[j], t_next.repeat(target.shape[0]))
+            finals.append(out[part] if m is None else out[part] * m + target * (1 - m))
+        out = _cat(finals)
+    out = out.cpu()
     return [out[part] for part in bounds]

@@ -17,12 +17,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
-from runner.errors import ModelError
+from runner.errors import ModelError, UnsafeFileError
 from runner.files import refuse_pickle
 from runner.models import families
 from runner.models.checkpoint import Checkpoint
@@ -34,6 +34,11 @@ from runner.models.listing import (
     ModelListing,
     SkippedModel,
     safe_relative_name,
+)
+from runner.models.pickle_weights import (
+    WEIGHT_PICKLE_SUFFIXES,
+    converted_safetensors,
+    is_weight_pickle,
 )
 from runner.models.tiny import TINY_NAME, tiny_model_dir
 from runner.settings import EngineSettings
@@ -87,24 +92,36 @@ class ModelManager(ModelListing):
         return None
 
     def resolve_checkpoint(self, name: str) -> tuple[str, Path | str]:
-        """``(kind, location)`` for a checkpoint name: kind is builtin, file, folder or hub."""
+        """``(kind, location)`` for a checkpoint name: kind is builtin, file, folder or hub.
+
+        Names may use subfolders and Windows separators (``sdxl\\model.safetensors``).
+        A ``.ckpt`` (or other pickle) is found when ``allow_pickle_weights`` is on; a name
+        that is missing but whose other format exists (``x.ckpt`` / ``x.safetensors``) is
+        named in the error."""
         if name == TINY_NAME:
             return "builtin", TINY_NAME
-        refuse_pickle(name)
         rel = safe_relative_name(name)
-        for root in self.settings.model_roots:
-            for folder in CHECKPOINT_FOLDERS:
-                candidate = root / folder / rel
-                if candidate.is_file() and candidate.suffix.lower() == ".safetensors":
-                    kind = "file"
-                elif candidate.is_dir() and (candidate / "model_index.json").is_file():
-                    kind = "folder"
-                else:
-                    continue
-                problem = self.checkpoint_problem(candidate, kind == "folder")
-                if problem is not None:  # refused at validation, not at load
-                    raise ModelError(f"checkpoint {name!r} cannot be used: {problem}")
-                return kind, candidate
+        if not (self.settings.allow_pickle_weights and is_weight_pickle(rel)):
+            try:
+                refuse_pickle(name)
+            except UnsafeFileError as exc:
+                raise UnsafeFileError(
+                    f"{exc} (or set allow_pickle_weights to load it with PyTorch's "
+                    f"restricted unpickler){self._other_format_hint(rel)}"
+                ) from None
+        suffixes = self.weight_suffixes()
+        for base in self.folders("checkpoints"):
+            candidate = base / rel
+            if candidate.is_file() and candidate.suffix.lower() in suffixes:
+                kind = "file"
+            elif candidate.is_dir() and (candidate / "model_index.json").is_file():
+                kind = "folder"
+            else:
+                continue
+            problem = self.checkpoint_problem(candidate, kind == "folder")
+            if problem is not None:  # refused at validation, not at load
+                raise ModelError(f"checkpoint {name!r} cannot be used: {problem}")
+            return kind, candidate
         if self.settings.allow_hub_downloads and len(rel.parts) == 2 and not rel.suffix:
             return "hub", name
         available = ", ".join(self.checkpoint_names())
@@ -113,20 +130,36 @@ class ModelManager(ModelListing):
             if self.settings.allow_hub_downloads
             else " (Hugging Face repo ids need allow_hub_downloads)"
         )
-        raise ModelError(f"no checkpoint named {name!r}; available: {available}{hint}")
+        raise ModelError(
+            f"no checkpoint named {name!r}{self._other_format_hint(rel)}; "
+            f"available: {available}{hint}"
+        )
+
+    def _other_format_hint(self, rel: PurePosixPath) -> str:
+        """``"; but x.safetensors exists"`` when the same name in another weights format is
+        in the checkpoint folders, else ``""``."""
+        for suffix in (".safetensors", *sorted(WEIGHT_PICKLE_SUFFIXES)):
+            if suffix == rel.suffix.lower():
+                continue
+            other = rel.with_suffix(suffix)
+            for base in self.folders("checkpoints"):
+                if (base / other).is_file():
+                    usable = suffix == ".safetensors" or self.settings.allow_pickle_weights
+                    tail = "" if usable else " (a pickle: set allow_pickle_weights to load it)"
+                    return f"; but {other.as_posix()} exists: use that name{tail}"
+        return ""
 
     def lora_path(self, name: str) -> Path:
         """The file of a LoRA name (with or without ``.safetensors``)."""
         refuse_pickle(name)
         rel = safe_relative_name(name)
-        for root in self.settings.model_roots:
-            for folder in LORA_FOLDERS:
-                for candidate in (root / folder / rel, root / folder / f"{rel}.safetensors"):
-                    if candidate.is_file() and candidate.suffix.lower() == ".safetensors":
-                        outside = self._outside_problem(candidate, "LoRA")
-                        if outside is not None:
-                            raise ModelError(f"LoRA {name!r} cannot be used: {outside}")
-                        return candidate
+        for folder in self.folders("loras"):
+            for candidate in (folder / rel, folder / f"{rel}.safetensors"):
+                if candidate.is_file() and candidate.suffix.lower() == ".safetensors":
+                    outside = self._outside_problem(candidate, "LoRA")
+                    if outside is not None:
+                        raise ModelError(f"LoRA {name!r} cannot be used: {outside}")
+                    return candidate
         extra = self.extra_lora_paths.get(name)
         if extra is not None and extra.is_file():
             return extra
@@ -191,7 +224,9 @@ class ModelManager(ModelListing):
             path = Path(location)
             stamp = (str(path), path.stat().st_mtime_ns)
             family = self._file_families.get(stamp)
-            if family is None:
+            if family is None and is_weight_pickle(path):
+                family = families.family_of_checkpoint(self._as_safetensors(path))
+            elif family is None:
                 family = families.family_of_checkpoint(path)
                 self._file_families[stamp] = family
             return family
@@ -285,10 +320,16 @@ class ModelManager(ModelListing):
             if kind == "folder":
                 return self._from_folder(Path(location)), families.family_of_folder(Path(location))
             if kind == "file":
+                from runner.models.configs import companion_config_dir
                 from runner.models.single_file import load_single_file
 
+                path = Path(location)
+                readable = self._as_safetensors(path) if is_weight_pickle(path) else path
                 return load_single_file(
-                    Path(location), cache_dir=self.settings.cache_dir, torch_dtype=self.dtype
+                    readable,
+                    cache_dir=self.settings.cache_dir,
+                    torch_dtype=self.dtype,
+                    config_override_dir=companion_config_dir(path) if readable != path else None,
                 )
             pipe = DiffusionPipeline.from_pretrained(
                 str(location), torch_dtype=self.dtype, use_safetensors=True, safety_checker=None
@@ -300,6 +341,16 @@ class ModelManager(ModelListing):
             raise ModelError(
                 f"checkpoint {location} could not be loaded: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _as_safetensors(self, path: Path) -> Path:
+        """A pickle checkpoint as a safetensors copy in the cache (made once per version of
+        the file, with PyTorch's restricted unpickler; :mod:`runner.models.pickle_weights`),
+        so the single-file loader reads it like any other; its ``.yaml`` sidecar comes too."""
+        converted = converted_safetensors(path, self.settings.cache_dir)
+        sidecar = path.with_suffix(".yaml")
+        if sidecar.is_file() and not converted.with_suffix(".yaml").is_file():
+            converted.with_suffix(".yaml").write_bytes(sidecar.read_bytes())
+        return converted
 
     def _from_folder(self, folder: Path) -> Any:
         from diffusers import DiffusionPipeline
@@ -345,6 +396,206 @@ class ModelManager(ModelListing):
         if settings.compile:
             pipe.unet = torch.compile(pipe.unet)
 
+    # Standalone components (VAEs, text encoders, upscalers) -------------------------
+    def _component(self, key: str, family: str, source: str, build: Any) -> Checkpoint:
+        """The cached component checkpoint ``key`` (``vae:...``, ``clip:...``), built with
+        ``build()`` -> a :class:`Components` if not loaded. Such keys can never be
+        checkpoint names (a ``:`` in the first part of a name is refused), and they share
+        the checkpoints' memory budget and LRU order."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                return loaded
+            t0 = time.perf_counter()
+            try:
+                components = build()
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelError(
+                    f"{source} could not be loaded: {type(exc).__name__}: {exc}"
+                ) from exc
+            components.to(self.device)
+            checkpoint = Checkpoint(
+                name=key,
+                family=family,
+                pipe=components,
+                device=self.device,
+                dtype=self.dtype,
+                source=source,
+                size_bytes=_pipeline_bytes(components),
+            )
+            self.load_seconds[key] = time.perf_counter() - t0
+            self._make_room(checkpoint.size_bytes)
+            self._loaded[key] = checkpoint
+            log.info("loaded %s from %s in %.2fs", key, source, self.load_seconds[key])
+            return checkpoint
+
+    def vae_location(self, name: str) -> Path | tuple[Path, Path]:
+        """The file or diffusers folder of VAE ``name`` under ``vae/``, or for ``taesd`` /
+        ``taesdxl`` their (encoder, decoder) files or folder (:mod:`runner.models.vae`)."""
+        from runner.models.vae import TAESD_NAMES
+
+        rel = safe_relative_name(name)
+        if name in TAESD_NAMES:
+            found: dict[str, Path] = {}
+            for folder in self.folders("vae_approx"):
+                if (folder / name / "config.json").is_file():
+                    return folder / name
+                for part in ("encoder", "decoder"):
+                    for suffix in self.weight_suffixes():
+                        candidate = folder / f"{name}_{part}{suffix}"
+                        if part not in found and candidate.is_file():
+                            found[part] = candidate
+            if len(found) == 2:
+                return found["encoder"], found["decoder"]
+        path = self.find_file("vae", name, "VAE")
+        if path is not None:
+            return path
+        for folder in self.folders("vae"):
+            if (folder / rel / "config.json").is_file():
+                return folder / rel
+        available = ", ".join(self.vae_names()) or "(none)"
+        extra = (
+            f" ({name} needs {name}_encoder and {name}_decoder files in models/vae_approx)"
+            if name in TAESD_NAMES
+            else ""
+        )
+        raise ModelError(f"no VAE named {name!r}{extra}; available: {available}")
+
+    def check_vae_name(self, name: str) -> str | None:
+        """None if VAE ``name`` resolves, else why not (for validation)."""
+        try:
+            self.vae_location(name)
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    def vae(self, name: str) -> Checkpoint:
+        """The loaded standalone VAE ``name``: a :class:`Checkpoint` whose ``pipe.vae`` is
+        the module (an AutoencoderKL, or AutoencoderTiny for TAESD), so the VAE nodes use
+        it exactly as a checkpoint's own VAE."""
+        from runner.models import vae as vae_files
+
+        location = self.vae_location(name)
+        allow = self.settings.allow_pickle_weights
+        if isinstance(location, tuple):
+            encoder, decoder = location
+
+            def build() -> Components:
+                return Components(
+                    vae=vae_files.load_taesd(encoder, decoder, dtype=self.dtype, allow_pickle=allow)
+                )
+
+            source = f"{encoder} + {decoder}"
+        else:
+
+            def build() -> Components:
+                return Components(
+                    vae=vae_files.load_vae(location, dtype=self.dtype, allow_pickle=allow)
+                )
+
+            source = str(location)
+        family = "sdxl" if "xl" in Path(str(rel_name(name))).name.lower() else "sd1"
+        return self._component(f"vae:{name}", family, source, build)
+
+    def text_encoder_path(self, name: str) -> Path:
+        """The file of text encoder ``name`` under ``text_encoders/`` (or ``clip/``)."""
+        path = self.find_file("text_encoders", name, "text encoder")
+        if path is None:
+            available = ", ".join(self.text_encoder_names()) or "(none)"
+            raise ModelError(f"no text encoder named {name!r}; available: {available}")
+        return path
+
+    def check_text_encoder_name(self, name: str) -> str | None:
+        """None if text encoder ``name`` resolves, else why not (for validation)."""
+        try:
+            self.text_encoder_path(name)
+        except ModelError as exc:
+            return str(exc)
+        return None
+
+    def text_encoders(self, names: tuple[str, ...]) -> Checkpoint:
+        """The loaded standalone text encoder(s) ``names`` (one for CLIPLoader, SDXL's two
+        for DualCLIPLoader): a :class:`Checkpoint` whose pipe is a diffusers pipeline with
+        no UNet or VAE around them and the CLIP tokenizer(s)
+        (:mod:`runner.models.text_encoders`), in the model cache."""
+        from runner.models import text_encoders as te
+
+        paths = [self.text_encoder_path(name) for name in names]
+        allow = self.settings.allow_pickle_weights
+        found: dict[str, str] = {}
+
+        def build() -> Any:
+            encoders = []
+            for path in paths:
+                sd, kind = te.read_encoder(path, allow)
+                encoders.append((sd, kind, str(path)))
+            pipe, family = te.build_text_encoder_pipe(
+                encoders, cache_dir=self.settings.cache_dir, dtype=self.dtype
+            )
+            pipe.set_progress_bar_config(disable=True)
+            found["family"] = family
+            return pipe
+
+        key = "clip:" + "|".join(f"{p}:{p.stat().st_mtime_ns}" for p in paths)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                return loaded
+            checkpoint = self._component(key, "pending", " + ".join(map(str, paths)), build)
+            checkpoint.family = found["family"]
+            return checkpoint
+
+    def derived(self, key: str) -> Checkpoint | None:
+        """The checkpoint kept under ``key`` by :meth:`add_derived`, or None."""
+        with self._lock:
+            found = self._loaded.get(key)
+            if found is not None:
+                self._loaded.move_to_end(key)
+            return found
+
+    def add_derived(self, key: str, checkpoint: Checkpoint) -> Checkpoint:
+        """Keep a checkpoint made by a node (a merge) in the cache under ``key`` (a ``:``
+        key, never a checkpoint name), within the memory budget; the one already there
+        under that key is returned instead, so equal merges share their weights."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                return loaded
+            self._make_room(checkpoint.size_bytes)
+            self._loaded[key] = checkpoint
+            return checkpoint
+
+    def upscale_model_path(self, name: str) -> Path:
+        """The file of upscaler ``name`` under ``upscale_models/``."""
+        path = self.find_file("upscale_models", name, "upscale model")
+        if path is None:
+            available = ", ".join(self.upscale_model_names()) or "(none)"
+            raise ModelError(f"no upscale model named {name!r}; available: {available}")
+        return path
+
+    def upscale_model(self, name: str) -> Checkpoint:
+        """The loaded upscaler ``name``: a :class:`Checkpoint` whose ``pipe.model`` is an
+        ESRGAN-family network (:mod:`runner.models.upscalers`), in the model cache."""
+        from runner.models.upscalers import upscaler_from_state_dict
+        from runner.models.vae import read_weights
+
+        path = self.upscale_model_path(name)
+
+        def build() -> Components:
+            sd, _ = read_weights(path, self.settings.allow_pickle_weights)
+            model = upscaler_from_state_dict(sd, str(path))
+            # Upscalers run in float32 on the CPU; half precision on a GPU, as ComfyUI.
+            if self.device.type == "cuda" and self.dtype != torch.float32:
+                model.to(self.dtype)
+            return Components(model=model)
+
+        return self._component(f"upscaler:{name}", "upscaler", str(path), build)
+
     def describe(self) -> dict[str, Any]:
         """What can be loaded and what is loaded, for ``easel models``."""
         return {
@@ -353,6 +604,13 @@ class ModelManager(ModelListing):
             "models_folders": [str(p) for p in self.settings.model_roots],
             "checkpoints": self.checkpoint_names(),
             "loras": self.lora_names(),
+            "by_kind": self.models_by_kind(),
+            "extra_model_paths": {
+                kind: [str(p) for p in paths]
+                for group in self.extra_model_paths()
+                for kind, paths in group.items()
+            },
+            "allow_pickle_weights": self.settings.allow_pickle_weights,
             "refused_unsafe_files": [str(p) for p in self.unsafe_files()],
             "skipped": [
                 {"kind": m.kind, "name": m.name, "path": str(m.path), "reason": m.reason}
@@ -360,6 +618,35 @@ class ModelManager(ModelListing):
             ],
             "loaded": [c.name for c in self.loaded()],
         }
+
+
+def rel_name(name: str) -> str:
+    """A model name with ``/`` separators (``sdxl\\vae.safetensors`` -> ``sdxl/vae...``)."""
+    return name.replace("\\", "/")
+
+
+class Components:
+    """A few diffusers modules standing in for a pipeline (``components``, attribute access,
+    ``to``): what a :class:`Checkpoint` holds for a standalone VAE or text encoder, so the
+    nodes that read ``checkpoint.pipe.vae`` or ``.text_encoder`` use it unchanged."""
+
+    def __init__(self, **modules: Any):
+        self.__dict__["components"] = dict(modules)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["components"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, device: Any) -> Components:
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+        return self
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        """Nothing to configure (a pipeline's method, for code that calls it)."""
 
 
 def _pipeline_bytes(pipe: Any) -> int:

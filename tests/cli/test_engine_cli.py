@@ -168,7 +168,8 @@ def test_generate_refuses_sizes_over_the_configured_limit(cli_env, tmp_path, mon
 
 
 @pytest.mark.parametrize("name", ["model.ckpt", "weights.pt", "pytorch_model.bin"])
-def test_generate_refuses_pickle_models(cli_env, tmp_path, name):
+def test_generate_refuses_pickle_models(cli_env, tmp_path, name, monkeypatch):
+    monkeypatch.setenv("EASEL_ALLOW_PICKLE_WEIGHTS", "0")  # the operator turned pickles off
     result = CliRunner().invoke(
         cli, ["generate", "x", "--model", name, "--out", str(tmp_path / "o.png")]
     )
@@ -281,7 +282,11 @@ def test_nodes_and_models_listing(cli_env, tmp_path):
     models_dir = Path(os.environ["EASEL_DATA_DIR"]) / "models"
     (models_dir / "checkpoints").mkdir(parents=True)
     (models_dir / "checkpoints" / "old.ckpt").write_bytes(b"pickle")
-    result = runner.invoke(cli, ["models", "--json"])
+    os.environ["EASEL_ALLOW_PICKLE_WEIGHTS"] = "0"  # refused by name when pickles are off
+    try:
+        result = runner.invoke(cli, ["models", "--json"])
+    finally:
+        del os.environ["EASEL_ALLOW_PICKLE_WEIGHTS"]
     info = json.loads(result.output)
     assert info["checkpoints"] == ["tiny-random"]
     assert info["refused_unsafe_files"][0].endswith("old.ckpt")

@@ -147,19 +147,19 @@ def test_reply_to_a_result_is_img2img_with_its_settings(server, bot):
     first = newest_result(server, before)
     parent_id = int(first["content"].rsplit("#", 1)[1])
     count = len(server.bot_messages())
-    server.post_message(f"<@{server.bot_id}> a blue boat --strength 0.5", reply_to=first)
+    asked = server.post_message(f"<@{server.bot_id}> a blue boat --strength 0.5", reply_to=first)
     reply = newest_result(server, count)
-    status = server.wait_for(
-        lambda: next(
-            (
-                m
+    # The result itself answers the member's message; the status reply is gone.
+    assert str(reply["message_reference"]["message_id"]) == asked["id"]
+    server.wait_for(
+        lambda: (
+            not any(
+                m.get("message_reference") and m is not reply and "#" not in m["content"]
                 for m in server.bot_messages()
-                if m.get("message_reference") and "Done" in m["content"]
-            ),
-            None,
+            )
         ),
         10,
-        "the status reply to end with a link",
+        "the status reply to be deleted",
     )
     gen_id = int(reply["content"].rsplit("#", 1)[1])
     ((parent, template, params),) = rows(
@@ -169,7 +169,6 @@ def test_reply_to_a_result_is_img2img_with_its_settings(server, bot):
     assert '"width": 64' in params and '"height": 128' in params and '"strength": 0.5' in params
     with Image.open(io.BytesIO(attachment_bytes(server, reply["attachments"][0]))) as image:
         assert image.size == (64, 128)
-    assert str(reply["id"]) in status["content"]  # the status reply links to the result
 
 
 def test_lora_add_with_a_real_lora_then_use_it(server, bot, tmp_path, cache_folder):
@@ -370,7 +369,9 @@ def test_remix_menu_and_variation_button(server, bot):
     )
     remix = newest_result(server, before)
     server.wait_for(lambda: "Done" in submitted.last_text, 10, "the final status")
-    remix_id = int(remix["content"].rsplit("#", 1)[1])
+    # The first line is the summary (a note says the size the upload was worked at).
+    remix_id = int(remix["content"].split("\n")[0].rsplit("#", 1)[1])
+    assert "Started from a 96×64 image" in remix["content"]
     ((parent, params),) = rows(
         bot.data_dir, "select parent_id, parameters from generations where id=?", remix_id
     )

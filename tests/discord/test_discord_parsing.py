@@ -208,7 +208,11 @@ def test_any_input_gives_a_request_or_a_parse_error(text, options):
         )
     except ParseError as exc:
         message = str(exc)
-        assert message and message[-1] in ".?" and "\n" not in message and len(message) < 400
+        # One line; several problems are all reported, each a sentence of its own.
+        problems = getattr(exc, "problems", [message])
+        assert message and message[-1] in ".?" and "\n" not in message
+        assert len(message) < 400 * len(problems)
+        assert all(p and len(p) < 400 for p in problems)
         return
     assert isinstance(request, GenerationRequest)
     assert 1 <= request.steps <= 150 and 1 <= request.batch_size <= 4

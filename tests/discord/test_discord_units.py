@@ -272,7 +272,8 @@ def test_errors_become_one_sentence_and_unexpected_ones_are_logged(caplog):
         friendly(ParseError("steps 200 is more than your limit of 150."))
         == "Steps 200 is more than your limit of 150."
     )
-    assert friendly(NotFound("generation", 5)) == "There is no result #5 that you can change."
+    assert friendly(NotFound("generation", 5)) == "There is no result #5."
+    assert "#-3" not in friendly(NotFound("generation", -3))
     with caplog.at_level(logging.ERROR):
         assert friendly(KeyError("boom")) == GENERIC
     assert "boom" in caplog.text

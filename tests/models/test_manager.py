@@ -53,7 +53,9 @@ def test_single_file_and_folder_in_comfyui_layout_give_the_builtin_image(make_en
     names = env.models.checkpoint_names()
     assert names[0] == "tiny-random"
     assert "sd15-tiny.safetensors" in names and "sub/tiny-diffusers" in names
-    assert "old.ckpt" not in names and env.models.unsafe_files()[0].name == "old.ckpt"
+    # Pickles are allowed (restricted unpickler) but this one is not a PyTorch file at all.
+    assert "old.ckpt" not in names
+    assert any(m.name == "old.ckpt" for m in env.models.skipped_models())
     builtin = _image(env, "tiny-random")
     single = _image(env, "sd15-tiny.safetensors")
     folder = _image(env, "sub/tiny-diffusers")
@@ -92,10 +94,15 @@ def test_memory_budget_evicts_least_recently_used(models_dir, cache_folder, tmp_
 
 
 def test_names_that_are_unsafe_or_escape_the_folder(settings):
-    manager = ModelManager(settings)
-    for name in ("model.ckpt", "x.pt", "y.pth", "pytorch_model.bin"):
+    manager = ModelManager(settings.model_copy(update={"allow_pickle_weights": False}))
+    for name in ("model.ckpt", "x.pt", "y.pth", "pytorch_model.bin", "z.pkl"):
         with pytest.raises(UnsafeFileError, match="pickle"):
             manager.resolve_checkpoint(name)
+    allowed = ModelManager(settings)  # allow_pickle_weights: looked up like any file
+    with pytest.raises(ModelError, match="no checkpoint named 'model.ckpt'"):
+        allowed.resolve_checkpoint("model.ckpt")
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        allowed.resolve_checkpoint("z.pkl")
     for name in ("../secret.safetensors", "/etc/passwd", "a/../../b"):
         with pytest.raises(ModelError, match="plain name"):
             manager.resolve_checkpoint(name)

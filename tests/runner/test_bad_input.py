@@ -251,8 +251,17 @@ class _Payload:
 
 
 @pytest.fixture
-def booby_trapped(env, monkeypatch):
+def pickle_off(make_env):
+    """An Environment whose operator turned ``allow_pickle_weights`` off: pickles are
+    refused by name. (With it on, tests/models/test_pickle_weights.py shows that a pickle
+    needing more than tensors is refused by the restricted unpickler and never runs.)"""
+    return make_env(allow_pickle_weights=False)
+
+
+@pytest.fixture
+def booby_trapped(pickle_off, monkeypatch):
     """Pickle files in every models folder; torch.load and pickle.load fail the test if called."""
+    env = pickle_off
     import torch
 
     marker = env.settings.data_dir / "UNPICKLED"
@@ -274,7 +283,8 @@ def booby_trapped(env, monkeypatch):
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin", ".pth", ".pkl"])
-def test_pickle_checkpoints_are_refused_by_name(env, booby_trapped, suffix):
+def test_pickle_checkpoints_are_refused_by_name(pickle_off, booby_trapped, suffix):
+    env = pickle_off
     workflow = with_inputs(txt2img_workflow(env), "4", ckpt_name=f"evil{suffix}")
     with pytest.raises(WorkflowInvalid) as caught:
         env.run(workflow)
@@ -285,7 +295,8 @@ def test_pickle_checkpoints_are_refused_by_name(env, booby_trapped, suffix):
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
-def test_pickle_loras_are_refused_by_name(env, booby_trapped, suffix):
+def test_pickle_loras_are_refused_by_name(pickle_off, booby_trapped, suffix):
+    env = pickle_off
     workflow = txt2img_workflow(env, loras=[(f"evil{suffix}", 1.0)])
     with pytest.raises(WorkflowInvalid) as caught:
         env.run(workflow)
@@ -294,7 +305,8 @@ def test_pickle_loras_are_refused_by_name(env, booby_trapped, suffix):
     assert "pickle" in issue.message
 
 
-def test_pickle_files_are_not_offered_but_are_reported(env, booby_trapped):
+def test_pickle_files_are_not_offered_but_are_reported(pickle_off, booby_trapped):
+    env = pickle_off
     assert all(
         not n.startswith("evil") for n in env.models.checkpoint_names() + env.models.lora_names()
     )
@@ -302,7 +314,10 @@ def test_pickle_files_are_not_offered_but_are_reported(env, booby_trapped):
     assert {"evil.ckpt", "evil.pt", "evil.bin", "evil.pth", "evil.pkl"} <= unsafe
 
 
-def test_a_diffusers_folder_with_pickle_weights_is_not_unpickled(env, booby_trapped, cache_folder):
+def test_a_diffusers_folder_with_pickle_weights_is_not_unpickled(
+    pickle_off, booby_trapped, cache_folder
+):
+    env = pickle_off
     from runner.models.tiny import tiny_model_dir
 
     folder = env.settings.models_root / "checkpoints" / "pickled-model"

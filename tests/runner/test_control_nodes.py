@@ -297,9 +297,6 @@ def test_workflow_runs_and_strength_zero_is_no_control(control_env):
     assert np.array_equal(plain, zero)
 
 
-@pytest.mark.xfail(
-    reason="needs the guidance branch (control residuals in the sampling loop)", strict=False
-)
 @pytest.mark.parametrize("name", ["tiny-cn", "tiny-cn.safetensors"])
 def test_workflow_with_control_differs(control_env, name):
     plain = image_of(control_env.run(_workflow(None)))

@@ -1,5 +1,6 @@
-"""ComfyUI's sampler and scheduler names on diffusers schedulers: every supported pair runs
-and gives a finite image; unsupported pairs and unknown names are validation errors that
+"""ComfyUI's sampler and scheduler names: pairs diffusers computes faithfully run on its
+schedulers, the others on easel's sigma samplers; every supported pair runs and gives a
+finite image; pairs neither path computes and unknown names are validation errors that
 list what is supported."""
 
 from __future__ import annotations
@@ -8,21 +9,40 @@ import numpy as np
 import pytest
 from runner_testlib import image_of, txt2img_workflow, with_inputs
 
+from runner.diffusion import k_samplers
 from runner.diffusion.samplers import (
+    COMFY_SAMPLER_NAMES,
     SAMPLERS,
     SCHEDULERS,
     check_combination,
+    diffusers_schedulers,
     make_scheduler,
     supported_schedulers,
+    uses_sigma_path,
 )
+from runner.diffusion.schedules import SCHEDULER_NAMES
 from runner.validation import validate
 
 ISSUE_SAMPLERS = (
     "euler euler_ancestral heun dpm_2 dpm_2_ancestral lms dpmpp_2m dpmpp_2m_sde dpmpp_sde ddim uni_pc lcm"
 ).split()
 ISSUE_SCHEDULERS = "normal karras exponential sgm_uniform simple ddim_uniform".split()
+NEW_IN_ISSUE_11 = (
+    "dpmpp_2s_ancestral dpmpp_sde_gpu dpmpp_2m_sde_gpu dpmpp_3m_sde_gpu ipndm res_multistep "
+    "euler_cfg_pp euler_ancestral_cfg_pp"
+).split()
 
-SUPPORTED = [(s, k) for s in SAMPLERS for k in SCHEDULERS if k in supported_schedulers(s)]
+ALL_PAIRS = [(s, k) for s in SAMPLERS for k in SCHEDULERS if k in supported_schedulers(s)]
+DIFFUSERS_PAIRS = [(s, k) for s, k in ALL_PAIRS if not uses_sigma_path(s, k)]
+SIGMA_PAIRS = [(s, k) for s, k in ALL_PAIRS if uses_sigma_path(s, k)]
+# The fast suite runs every diffusers pair, every sigma-path sampler once and every
+# scheduler once on the sigma path; the whole cross product is marked slow.
+_SIGMA_SAMPLERS = sorted({s for s, _ in SIGMA_PAIRS})
+SIGMA_SAMPLE = sorted(
+    {(s, "linear_quadratic") for s in _SIGMA_SAMPLERS}
+    | {("dpmpp_2s_ancestral", k) for k in SCHEDULER_NAMES}
+)
+SUPPORTED = DIFFUSERS_PAIRS + SIGMA_SAMPLE
 UNSUPPORTED = [(s, k) for s in SAMPLERS for k in SCHEDULERS if k not in supported_schedulers(s)]
 
 
@@ -34,6 +54,29 @@ def base(module_env):
 def test_the_issue_names_are_all_known():
     assert set(ISSUE_SAMPLERS) <= set(SAMPLERS)
     assert set(ISSUE_SCHEDULERS) <= set(SCHEDULERS)
+
+
+def test_the_lists_are_comfyuis_in_its_order():
+    assert set(NEW_IN_ISSUE_11) <= set(SAMPLERS)
+    assert {"linear_quadratic", "kl_optimal"} <= set(SCHEDULERS)
+    names = list(SAMPLERS)
+    assert names == [n for n in COMFY_SAMPLER_NAMES if n in names]
+    assert names[0] == "euler" and names[-3:] == ["ddim", "uni_pc", "uni_pc_bh2"]
+    assert list(SCHEDULERS) == list(SCHEDULER_NAMES)
+    assert list(k_samplers.SAMPLERS) == [n for n in COMFY_SAMPLER_NAMES if n in k_samplers.SAMPLERS]
+
+
+def test_which_path_runs_a_pair():
+    assert not uses_sigma_path("euler", "karras")  # diffusers computes it: pixels unchanged
+    assert not uses_sigma_path("dpmpp_2m", "normal")
+    assert uses_sigma_path("euler", "kl_optimal")  # no diffusers schedule
+    assert uses_sigma_path("euler_ancestral", "karras")  # no Karras option on that class
+    assert uses_sigma_path("ipndm", "normal")  # no diffusers sampler
+    assert uses_sigma_path("euler", "normal", prediction="lcm")
+    assert uses_sigma_path("euler", "normal", zsnr=True)
+    assert not uses_sigma_path("uni_pc", "karras")  # not a sigma sampler: diffusers only
+    for s, k in DIFFUSERS_PAIRS:
+        assert k in diffusers_schedulers(s)
 
 
 def test_every_sampler_has_normal_and_every_scheduler_has_euler():
@@ -62,6 +105,11 @@ def test_every_supported_combination_runs_and_gives_a_finite_image(
 
 STOCHASTIC = [
     "euler_ancestral",
+    "euler_ancestral_cfg_pp",
+    "dpmpp_2s_ancestral",
+    "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde_gpu",
+    "dpmpp_sde_gpu",
     "dpm_2_ancestral",
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
@@ -106,13 +154,38 @@ def test_unsupported_combinations_are_validation_errors_listing_the_supported(
 
 
 @pytest.mark.parametrize(
-    ("sampler", "scheduler"), [("ddim", "karras"), ("euler_ancestral", "karras"), ("lcm", "karras")]
+    ("sampler", "scheduler"),
+    [("uni_pc", "kl_optimal"), ("uni_pc_bh2", "linear_quadratic"), ("deis", "kl_optimal")],
 )
 def test_known_unfaithful_pairs_are_refused(sampler, scheduler):
     message = check_combination(sampler, scheduler)
     assert message is not None and sampler in message and scheduler in message
     with pytest.raises(ValueError):
         make_scheduler(sampler, scheduler, {})
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"), [("ddim", "karras"), ("euler_ancestral", "karras"), ("lcm", "karras")]
+)
+def test_pairs_diffusers_cannot_compute_now_run_on_the_sigma_path(
+    module_env, base, sampler, scheduler
+):
+    assert check_combination(sampler, scheduler) is None
+    with pytest.raises(ValueError, match="no faithful diffusers equivalent"):
+        make_scheduler(sampler, scheduler, {})
+    image = image_of(
+        module_env.run(with_inputs(base, "3", sampler_name=sampler, scheduler=scheduler))
+    )
+    assert np.isfinite(image).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"), SIGMA_PAIRS, ids=[f"{s}-{k}" for s, k in SIGMA_PAIRS]
+)
+def test_every_sigma_path_pair_runs(module_env, base, sampler, scheduler):
+    result = module_env.run(with_inputs(base, "3", sampler_name=sampler, scheduler=scheduler))
+    assert np.isfinite(image_of(result)).all()
 
 
 def test_unsupported_combination_through_ksampler_advanced(module_env, base):
@@ -127,8 +200,8 @@ def test_unsupported_combination_through_ksampler_advanced(module_env, base):
             },
             "add_noise": "enable",
             "noise_seed": 1,
-            "sampler_name": "ddim",
-            "scheduler": "karras",
+            "sampler_name": "uni_pc",
+            "scheduler": "kl_optimal",
             "start_at_step": 0,
             "end_at_step": 10000,
             "return_with_leftover_noise": "disable",

@@ -252,8 +252,8 @@ def test_value_not_in_list_for_a_missing_checkpoint(module_env, base):
 
 
 def test_custom_validation_failed(module_env, base):
-    issue = only_issue(module_env, mutate(base, "3", sampler_name="ddim", scheduler="karras"))
-    assert where(issue) == ("custom_validation_failed", "3", "scheduler", "karras")
+    issue = only_issue(module_env, mutate(base, "3", sampler_name="uni_pc", scheduler="kl_optimal"))
+    assert where(issue) == ("custom_validation_failed", "3", "scheduler", "kl_optimal")
 
 
 def test_dependency_cycle(module_env, base):
@@ -301,7 +301,7 @@ EXAMPLES = {
     "value_bigger_than_max": lambda w: w["3"]["inputs"].update(denoise=2),
     "value_not_in_list": lambda w: w["3"]["inputs"].update(scheduler="nope"),
     "custom_validation_failed": lambda w: w["3"]["inputs"].update(
-        sampler_name="lcm", scheduler="karras"
+        sampler_name="uni_pc", scheduler="linear_quadratic"
     ),
     "dependency_cycle": _cycle,
 }

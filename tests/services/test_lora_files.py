@@ -120,7 +120,7 @@ def _header(tensors: dict) -> bytes:
         ("empty file", lf.BadHeader, "too short"),
         ("truncated header", lf.BadHeader, "not JSON"),
         ("header longer than the file", lf.BadHeader, "truncated"),
-        ("header claims 100 MB", lf.HeaderTooLarge, "claims 104857600 bytes"),
+        ("header claims 100 MB", lf.HeaderTooLarge, "is not a LoRA file"),
         ("tensor past the end", lf.BadHeader, "truncated"),
         ("offsets disagree with shape", lf.BadHeader, "does not match"),
         ("trailing bytes", lf.BadHeader, "extra or missing bytes"),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from bot.services.history import History
 from bot.services.jobs.errors import JobAlreadyFinished, JobNotFound, NotAllowed, QueueFull
+from bot.services.jobs.estimates import MonotoneWaits, jobs_ahead, median
 from bot.services.jobs.posting import ResultPosting
 from bot.services.jobs.store import DurableJobs
 from bot.services.jobs.values import (
@@ -78,6 +79,8 @@ class JobService(DurableJobs, ResultPosting):
         self.loop = loop
         self.backend = backend
         self._timings: collections.deque[float] = collections.deque(maxlen=20)
+        self._job_seconds: collections.deque[float] = collections.deque(maxlen=20)
+        self._waits = MonotoneWaits()
         self._post_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-post")
         self._pending_posts: set[int] = set()
         self._lock = threading.Lock()
@@ -357,15 +360,32 @@ class JobService(DurableJobs, ResultPosting):
             values = sorted(self._timings)
         return values[len(values) // 2] if values else None
 
+    def seconds_per_job(self) -> float | None:
+        """Recent measured seconds per job (median of the last 20; a batch's time
+        shared by its jobs); None while no job has finished."""
+        with self._lock:
+            values = list(self._job_seconds)
+        return median(values)
+
     def estimate_wait(self, job_id: str | int | None = None) -> float | None:
-        """Seconds until ``job_id`` starts (until a new job would start, if None), from
-        the steps ahead of it and recent step timings; None while no timing is known."""
-        per_step = self.seconds_per_step()
-        if per_step is None:
+        """Seconds until ``job_id`` starts (until a new job would start, if None): the
+        jobs ahead of it times the measured seconds per job, over the workers
+        (:mod:`bot.services.jobs.estimates`); a waiting job's estimate never grows
+        while its place does not. None while no timing is known; 0 while it runs."""
+        per_job = self.seconds_per_job()
+        if per_job is None:
             return None
         workers = max(1, len(self.runner.workers))
-        steps = self.runner.steps_ahead(None if job_id is None else str(job_id))
-        return steps * per_step / workers
+        running = self.runner.running()
+        if job_id is None:
+            return jobs_ahead(len(self.runner.waiting()) + 1, running) * per_job / workers
+        key = str(job_id)
+        position = self.runner.position(key)
+        if position is None or position == 0:
+            self._waits.forget(key)
+            return 0.0 if position == 0 else None
+        wait = jobs_ahead(position, running) * per_job / workers
+        return self._waits.shown(key, position, wait)
 
     def job_info(self, job_id: int, user_id: int | None = None, *, admin: bool = False) -> JobInfo:
         """One of the user's jobs (any job for ``admin``) with its position and wait."""

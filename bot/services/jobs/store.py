@@ -49,6 +49,7 @@ class DurableJobs:
     settings: Any
     history: History
     _timings: collections.deque[float]
+    _job_seconds: collections.deque[float]
     _lock: threading.Lock
 
     _schedule_post: Callable[[int], None]  # ResultPosting's
@@ -99,6 +100,7 @@ class DurableJobs:
             if steps > 0 and seconds >= 0:
                 with self._lock:
                     self._timings.append(seconds / steps)
+                    self._job_seconds.append(seconds)
 
     # JobStore: called by the runner on worker threads ------------------------------------------
     def job_started(self, job: JobSpec, worker: str) -> bool:
@@ -167,6 +169,7 @@ class DurableJobs:
         if outcome.ok and job.steps:
             with self._lock:
                 self._timings.append(outcome.seconds / max(1, outcome.batch_size) / job.steps)
+                self._job_seconds.append(outcome.seconds / max(1, outcome.batch_size))
         self._schedule_post(int(job.job_id))
 
     def _stage(self, image: Any) -> StagedImage:

@@ -40,11 +40,15 @@ class SpecRefused(PluginServiceError):
 class PipFailed(PluginServiceError):
     """pip ran and failed; ``summary`` holds the lines that say why."""
 
-    def __init__(self, spec: str, returncode: int, summary: str):
+    def __init__(self, spec: str, returncode: int, summary: str, words: str | None = None):
         self.spec = spec
         self.returncode = returncode
         self.summary = summary
-        super().__init__(f"pip could not install {spec!r} (exit {returncode}):\n{summary}")
+        self.words = words
+        if words:  # what an owner reads: why, in words (pip's lines stay in ``summary``)
+            super().__init__(f"pip could not install {spec!r}: {words}")
+        else:
+            super().__init__(f"pip could not install {spec!r} (exit {returncode}):\n{summary}")
 
 
 class PipTimedOut(PluginServiceError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import signal
@@ -20,6 +21,8 @@ from typing import Any
 from bot.services.plugins.errors import PipFailed, PipTimedOut, SpecRefused
 from bot.services.plugins.results import PackageChange
 from runner.plugin_host import normalize_name
+
+log = logging.getLogger(__name__)
 
 MAX_SUMMARY_CHARS = 1500
 
@@ -54,7 +57,10 @@ class PipRun:
     def check(self, spec: str) -> None:
         """:class:`PipFailed` with the summary when pip failed."""
         if self.returncode != 0:
-            raise PipFailed(spec, self.returncode, self.summary())
+            from bot.services.plugins.pip_words import pip_in_words
+
+            log.warning("pip failed for %s (exit %s):\n%s", spec, self.returncode, self.output)
+            raise PipFailed(spec, self.returncode, self.summary(), pip_in_words(self.output))
 
 
 _KEEP = re.compile(

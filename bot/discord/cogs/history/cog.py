@@ -47,6 +47,14 @@ class HistoryCog(commands.Cog):
             per_page=PAGE_SIZE,
         )
         result = await asyncio.to_thread(read)
+        notice = None
+        last = texts.last_page(result.total, PAGE_SIZE)
+        if not result.items and result.total and page > last:
+            # Past the end: say so, and show the last page with its buttons.
+            notice = texts.past_the_end(page, last)
+            page = last
+            read = functools.partial(read.func, *read.args, **{**read.keywords, "page": page})
+            result = await asyncio.to_thread(read)
         view = discord.ui.View(timeout=600)
         for generation in result.items:
             view.add_item(ResultButton("rerun", generation.id, row=0))
@@ -55,9 +63,10 @@ class HistoryCog(commands.Cog):
             view.add_item(
                 _PageButton(self, query, page + 1, "Older ▶", disabled=not result.has_more)
             )
-        await interaction.edit_original_response(
-            content=texts.history_text(result, query, page, interaction.guild_id), view=view
-        )
+        text = texts.history_text(result, query, page, interaction.guild_id, per_page=PAGE_SIZE)
+        if notice:
+            text = f"{notice}\n{text}"
+        await interaction.edit_original_response(content=text[:2000], view=view)
 
     @app_commands.command(name="show")
     @app_commands.describe(id="The generation number (#id)")
@@ -65,10 +74,18 @@ class HistoryCog(commands.Cog):
         self, interaction: discord.Interaction, id: app_commands.Range[int, 1, 2**53]
     ) -> None:
         """Show one of your generations with all its parameters."""
+        from bot.services.errors import NotFound
+        from bot.services.moderation import Refused
+
         await interaction.response.defer(ephemeral=True, thinking=True)
         history = self.bot.generations.history
         async with reported(interaction) as attempt:
-            generation = await asyncio.to_thread(history.get, interaction.user.id, id)
+            if id < 1:
+                raise Refused(texts.bad_number(id))
+            try:
+                generation = await asyncio.to_thread(history.get, interaction.user.id, id)
+            except NotFound:
+                raise Refused(texts.not_yours(id)) from None
         if attempt.failed:
             return
         paths = history.output_paths(generation)

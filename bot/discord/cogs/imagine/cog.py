@@ -18,6 +18,7 @@ from bot.discord.cogs.imagine.complete import (
 from bot.discord.cogs.workflows.cog import complete_workflow
 from bot.discord.cogs.workflows.requests import imagine_with_workflow
 from bot.discord.errors import reported
+from bot.discord.ranges import ceiling_limits, declare_max
 from bot.discord.status import InteractionStatus
 
 ASPECTS = ["1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "21:9", "9:21"]
@@ -28,6 +29,8 @@ class ImagineCog(commands.Cog):
 
     def __init__(self, bot):
         self.bot = bot
+        ceiling = ceiling_limits(bot.settings)
+        declare_max(self.imagine, steps=ceiling.max_steps, count=ceiling.max_count)
 
     @app_commands.command(name="imagine")
     @app_commands.describe(

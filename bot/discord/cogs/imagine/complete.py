@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 
 from bot.discord.requests import sampler_names, scheduler_names
+from bot.services.request_builder import schedulers_for
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,34 @@ async def complete_model(
     return matching(names, current)
 
 
+def chosen(interaction: discord.Interaction, name: str) -> str | None:
+    """The value the member has typed so far for another option of the command."""
+    value = getattr(interaction.namespace, name, None)
+    return str(value).strip() if isinstance(value, str) and value.strip() else None
+
+
 async def complete_sampler(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
-    """ComfyUI sampler names."""
-    return matching(sampler_names(interaction.client.env), current)
+    """ComfyUI sampler names; with a scheduler chosen, those that run with it."""
+    names = sampler_names(interaction.client.env)
+    scheduler = chosen(interaction, "scheduler")
+    if scheduler is not None:
+        fitting = [n for n in names if scheduler in (schedulers_for(n) or [scheduler])]
+        names = fitting or names
+    return matching(names, current)
 
 
 async def complete_scheduler(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
-    """ComfyUI scheduler names."""
-    return matching(scheduler_names(interaction.client.env), current)
+    """ComfyUI scheduler names; with a sampler chosen, only those it runs with."""
+    names = scheduler_names(interaction.client.env)
+    sampler = chosen(interaction, "sampler")
+    fitting = schedulers_for(sampler) if sampler is not None else None
+    if fitting is not None:
+        names = [n for n in names if n in fitting]
+    return matching(names, current)
 
 
 async def complete_size(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 import discord
 from discord import app_commands
@@ -13,6 +14,22 @@ from bot.discord.actions import say
 from bot.discord.cogs.lora import texts
 from bot.discord.context import user_defaults
 from bot.discord.errors import reported
+
+log = logging.getLogger(__name__)
+
+
+async def complete_own_lora(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The member's own LoRAs (the only ones they may remove or share)."""
+    from bot.discord.cogs.imagine.complete import matching
+
+    try:
+        rows = await asyncio.to_thread(interaction.client.loras.list_visible, interaction.user.id)
+    except Exception:
+        log.exception("LoRA autocomplete failed")
+        return []
+    return matching([r.name for r in rows if r.owner_id == interaction.user.id], current)
 
 
 class LoraCog(commands.Cog):
@@ -74,6 +91,8 @@ class LoraCog(commands.Cog):
         await say(interaction, texts.lora_list(rows, interaction.user.id))
 
     @lora.command(name="remove")
+    @app_commands.describe(name="One of your LoRAs (shared ones stay with their owner)")
+    @app_commands.autocomplete(name=complete_own_lora)
     async def lora_remove(self, interaction: discord.Interaction, name: str) -> None:
         """Remove one of your LoRAs."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -84,7 +103,10 @@ class LoraCog(commands.Cog):
         await say(interaction, f"Removed LoRA `{name}`.")
 
     @lora.command(name="share")
-    @app_commands.describe(shared="False to make it private again")
+    @app_commands.describe(
+        name="One of your LoRAs", shared="True to share it with everyone, False to make it private"
+    )
+    @app_commands.autocomplete(name=complete_own_lora)
     async def lora_share(
         self, interaction: discord.Interaction, name: str, shared: bool = True
     ) -> None:

@@ -16,9 +16,17 @@ from discord.ext import commands
 
 from bot.discord import context
 from bot.discord.errors import reported
+from bot.discord.requests import image_attachment
 from bot.discord.status import MessageStatus
 
 log = logging.getLogger(__name__)
+
+
+HOW_TO = (
+    "Tell me what to draw: `@easel a lighthouse at dawn --ar 16:9`, or use `/imagine`. "
+    "Reply to an image with `@easel` and a prompt to change that image."
+)
+"""The answer to a bare mention."""
 
 
 def prompt_from_mention(content: str, bot_id: int) -> str:
@@ -45,7 +53,9 @@ class RemixCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        """A reply that mentions the bot (or answers one of its results) with a prompt."""
+        """A message that mentions the bot (or answers one of its results): img2img on
+        the image it replies to or carries, else a new image from its text (a mention
+        with no text gets a short how-to)."""
         me = self.bot.user
         if me is None or message.author.bot or message.author.id == me.id:
             return
@@ -54,38 +64,41 @@ class RemixCog(commands.Cog):
         replying_to_me = target is not None and target.author.id == me.id
         if not (explicit or (replying_to_me and message.content)):
             return
-        if target is None:
-            if message.attachments:
-                target = message  # "@easel make it snowy" with the image attached
-            else:
-                return
-        text = prompt_from_mention(message.content or "", me.id)
         if (await self.bot.get_context(message)).valid:
             return  # an owner command such as "@easel sync"
-        try:
-            status = await message.reply("⏳ Working on it…", mention_author=False)
-        except discord.HTTPException as exc:
-            log.info("cannot reply in channel %s: %s", message.channel.id, exc)
+        text = prompt_from_mention(message.content or "", me.id)
+        if target is None and image_attachment(message) is not None:
+            target = message  # "@easel make it snowy" with the image attached
+        if target is None and not text:
+            await self._reply(message, HOW_TO)
             return
-        async with reported(MessageStatus(status).close) as attempt:
-            submission = await self.bot.requests.img2img(
-                message.author, message.guild.id if message.guild else None, target, text
-            )
+        status_message = await self._reply(message, "⏳ Working on it…")
+        if status_message is None:
+            return
+        guild_id = message.guild.id if message.guild else None
+        async with reported(MessageStatus(status_message).close) as attempt:
+            if target is None:
+                submission = await self.bot.requests.from_text(message.author, guild_id, text)
+            else:
+                submission = await self.bot.requests.img2img(message.author, guild_id, target, text)
         if attempt.failed:
             return
-        dest = context.destination(
-            message.author,
-            message.channel,
-            message.channel.id,
-            message.guild.id if message.guild else None,
-        )
+        dest = context.destination(message.author, message.channel, message.channel.id, guild_id)
         limit = message.guild.filesize_limit if message.guild else 10 * 1024 * 1024
         await self.bot.reporter.run(
             submission,
             dest,
-            MessageStatus(status, self.bot.settings.progress_interval_s),
+            MessageStatus(status_message, self.bot.settings.progress_interval_s, request=message),
             upload_limit=limit,
         )
+
+    @staticmethod
+    async def _reply(message: discord.Message, text: str) -> discord.Message | None:
+        try:
+            return await message.reply(text, mention_author=False)
+        except discord.HTTPException as exc:
+            log.info("cannot reply in channel %s: %s", message.channel.id, exc)
+            return None
 
     async def _target(self, message: discord.Message) -> discord.Message | None:
         ref = message.reference
