@@ -176,7 +176,7 @@ class WorkflowsCog(commands.Cog):
         await self.bot.reporter.run(
             submission,
             dest,
-            MessageStatus(status, self.bot.settings.progress_interval_s),
+            MessageStatus(status, self.bot.settings.progress_interval_s, request=message),
             upload_limit=limit,
         )
 

@@ -104,6 +104,7 @@ async def imagine_with_workflow(
         defaults,
         capped(limits, workflow),
         allow_empty_prompt="prompt" not in workflow.bindings.options,
+        has_image=init_image is not None,
     )
     if "prompt" not in workflow.bindings.options:
         request = request.model_copy(update={"prompt": workflow.current().get("prompt") or ""})
