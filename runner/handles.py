@@ -46,12 +46,15 @@ class ModelHandle:
 
     ``prediction`` overrides what the UNet is taken to predict (ComfyUI's
     ModelSamplingDiscrete: ``"eps"``, ``"v_prediction"``, ``"lcm"``, ``"x0"``; None keeps
-    the checkpoint's own), ``zsnr`` rescales the noise schedule to zero terminal SNR."""
+    the checkpoint's own), ``zsnr`` rescales the noise schedule to zero terminal SNR.
+    ``patches`` are applied to the UNet while this MODEL samples and removed afterwards
+    (HypernetworkLoader's hypernetworks, :func:`runner.models.hypernetworks.applied`)."""
 
     checkpoint: Checkpoint
     loras: LoraStack = ()
     prediction: str | None = None
     zsnr: bool = False
+    patches: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

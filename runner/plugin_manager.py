@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.core.latent_io",
     "plugins.core.upscale",
     "plugins.core.model_merging",
+    "plugins.core.vision",
     "plugins.clip_score",
     "plugins.templates",
     "plugins.safety",

@@ -31,6 +31,16 @@ GUIDER = "GUIDER"
 """The model with its conditioning and guidance (BasicGuider, CFGGuider, DualCFGGuider)."""
 CONTROL_NET = "CONTROL_NET"
 """A loaded ControlNet or T2I-Adapter (ControlNetLoader)."""
+CLIP_VISION = "CLIP_VISION"
+"""A loaded CLIP image encoder (CLIPVisionLoader, unCLIPCheckpointLoader)."""
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
+"""What CLIPVisionEncode gives: image embeds and hidden states of a batch of images."""
+STYLE_MODEL = "STYLE_MODEL"
+"""A loaded T2I style adapter (StyleModelLoader)."""
+GLIGEN = "GLIGEN"
+"""A loaded GLIGEN box-conditioning model (GLIGENLoader)."""
+UPSCALE_MODEL = "UPSCALE_MODEL"
+"""A loaded image upscaler (UpscaleModelLoader)."""
 
 LINK_ONLY = frozenset(
     {
@@ -46,6 +56,11 @@ LINK_ONLY = frozenset(
         NOISE,
         GUIDER,
         CONTROL_NET,
+        CLIP_VISION,
+        CLIP_VISION_OUTPUT,
+        STYLE_MODEL,
+        GLIGEN,
+        UPSCALE_MODEL,
     }
 )
 """Types that can only arrive through a link from another node's output."""

@@ -20,9 +20,11 @@ from runner import Input, Latent, ModelHandle, NodeContext, hookimpl, node
 from runner import types as T
 from runner.diffusion import k_samplers
 from runner.diffusion import schedules as S
+from runner.diffusion.common import check_latent_channels
 from runner.diffusion.k_samplers.driver import Guider, checkpoint_model_sampling, sample_sigmas
 from runner.diffusion.model_sampling import PREDICTIONS
 from runner.diffusion.sampling import latent_preview
+from runner.models.hypernetworks import applied
 from runner.templates import MAX_SEED
 
 SIGMA_MAX = 14.614642
@@ -61,11 +63,7 @@ def _run(
 ):
     ckpt = model.checkpoint
     samples = latent_image["samples"]
-    if samples.shape[1] != ckpt.pipe.unet.config.in_channels:
-        raise ValueError(
-            f"the latent has {samples.shape[1]} channels but {ckpt.name}'s model expects "
-            f"{ckpt.pipe.unet.config.in_channels}"
-        )
+    check_latent_channels(samples, ckpt)
     sigmas = _sigmas_1d(sigmas)
     if len(sigmas) > 1 and not torch.isfinite(sigmas).all():
         raise ValueError(f"the sigmas must be finite, got {sigmas.tolist()}")
@@ -77,7 +75,7 @@ def _run(
     ctx.check_cancelled()
     seed = 0 if noise.seed is None else noise.seed
     jobs = guider.jobs([samples], [seed], [latent_image.get("noise_mask")])
-    with ckpt.lock:
+    with ckpt.lock, applied(ckpt.pipe.unet, model.patches):
         ckpt.activate_loras(unet=model.loras, text_encoder=())
         (out,), (denoised,) = sample_sigmas(
             ckpt,

@@ -9,8 +9,10 @@ import torch
 from plugins.core.latent_io import latent_tags
 from runner import Conditioning, Input, Latent, ModelHandle, NodeContext, hookimpl, node
 from runner import types as T
+from runner.diffusion.common import check_latent_channels
 from runner.diffusion.samplers import SAMPLERS, SCHEDULERS, check_combination
 from runner.diffusion.sampling import SampleJob, latent_preview, sample
+from runner.models.hypernetworks import applied
 from runner.templates import MAX_SEED
 
 
@@ -34,14 +36,7 @@ def _run_sampler(
     ckpt = model.checkpoint
     samples = latent_image["samples"]
     noise_mask = latent_image.get("noise_mask")
-    in_channels = ckpt.pipe.unet.config.in_channels
-    # An inpainting UNet (9 input channels) takes a 4-channel latent plus the mask and
-    # the masked image latent, which the sampling loop adds.
-    expected = 4 if in_channels == 9 else in_channels
-    if samples.shape[1] != expected:
-        raise ValueError(
-            f"the latent has {samples.shape[1]} channels but {ckpt.name}'s model expects {expected}"
-        )
+    check_latent_channels(samples, ckpt)
 
     def on_step(i: int, total: int, latents: torch.Tensor) -> None:
         preview = latent_preview(latents, ckpt.family) if ctx.previews else None
@@ -57,7 +52,7 @@ def _run_sampler(
         ctx.check_cancelled()
     else:
         job = SampleJob(kwargs.pop("seed"), samples, positive, negative, noise_mask)
-        with ckpt.lock:
+        with ckpt.lock, applied(ckpt.pipe.unet, model.patches):
             ckpt.activate_loras(unet=model.loras, text_encoder=())
             (out,) = sample(
                 ckpt,

@@ -78,6 +78,7 @@ def _group_key(call: SamplerCall) -> tuple:
         call.model.loras,
         call.model.prediction,
         call.model.zsnr,
+        tuple(id(p) for p in call.model.patches),
         rest,
         tuple(call.samples.shape[1:]),
         _shape(call.positive),
@@ -126,6 +127,8 @@ def _sample_group(calls: list[SamplerCall]) -> list[torch.Tensor]:
         SampleJob(c.kwargs.get("seed", 0), c.samples, c.positive, c.negative, c.noise_mask)
         for c in calls
     ]
-    with ckpt.lock:
+    from runner.models.hypernetworks import applied
+
+    with ckpt.lock, applied(ckpt.pipe.unet, first.model.patches):
         ckpt.activate_loras(unet=first.model.loras, text_encoder=())
         return sample(ckpt, jobs, on_step=on_step, **kwargs)

@@ -217,3 +217,17 @@ def tiled_apply(
                 weight[..., oy : oy + lh, ox : ox + lw] += ramp[..., :lh, :lw]
         outputs.append(acc / weight)
     return torch.cat(outputs)
+
+
+def check_latent_channels(samples: torch.Tensor, checkpoint) -> None:
+    """Raise a ValueError unless ``samples`` has the channels ``checkpoint``'s UNet denoises.
+
+    An inpainting UNet (9 input channels) takes a 4-channel latent plus the mask and the
+    masked image latent, which the sampling loop adds."""
+    in_channels = checkpoint.pipe.unet.config.in_channels
+    expected = 4 if in_channels == 9 else in_channels
+    if samples.shape[1] != expected:
+        raise ValueError(
+            f"the latent has {samples.shape[1]} channels but {checkpoint.name}'s model "
+            f"expects {expected}"
+        )

@@ -94,6 +94,16 @@ def timestep_bounds(
     return high, low
 
 
+def _unclip_dim(unet) -> int:
+    """The class-label width of an unCLIP UNet (image embeds and noise-level embedding),
+    0 for any other UNet (:mod:`runner.diffusion.unclip`)."""
+    from runner.diffusion.unclip import is_unclip_unet
+
+    if not is_unclip_unet(unet):
+        return 0
+    return int(unet.config.projection_class_embeddings_input_dim)
+
+
 def is_active(bounds: tuple[float, float] | None, t: float) -> bool:
     """Whether timestep ``t`` lies in ``bounds`` (see :func:`timestep_bounds`)."""
     return bounds is not None and bounds[1] <= t <= bounds[0]
@@ -180,6 +190,8 @@ class _Item:
     added: dict[str, torch.Tensor] | None
     concat: torch.Tensor | None  # [n, 5, h, w] for inpainting UNets
     control: ControlSpec | None
+    labels: torch.Tensor | None = None  # [n, dim]: an unCLIP UNet's class labels
+    gligen: Any = None  # the entry's GLIGEN boxes (runner.models.gligen.GligenBoxes)
 
     def compatible(self, other: _Item) -> bool:
         """Whether ``other`` can share a UNet call with this item."""
@@ -188,6 +200,9 @@ class _Item:
         if mine != theirs or self.control is not other.control:
             return False
         if (self.concat is None) != (other.concat is None):
+            return False
+        # Extension inputs: class labels concatenate; GLIGEN boxes only with the same boxes.
+        if (self.labels is None) != (other.labels is None) or self.gligen is not other.gligen:
             return False
         if (self.added is None) != (other.added is None):
             return False
@@ -310,11 +325,13 @@ class Guidance:
             checkpoint.pipe.scheduler.config.get("num_train_timesteps", 1000)
         )
         self.time_ids_len = self._time_ids_len() if checkpoint.is_xl else 0
+        self.unclip_dim = _unclip_dim(self.unet)
         self.offsets = [0]
         for job in self.jobs:
             self.offsets.append(self.offsets[-1] + job.count)
         self.fast = (
             not self.inpaint
+            and not self.unclip_dim
             and self.time_ids_len in (0, 6)
             and all(j.positive.plain and j.negative.plain for j in self.jobs)
         )
@@ -419,6 +436,20 @@ class Guidance:
         concat = None
         if self.inpaint:
             concat = self._concat(entry, job, h, w)[:, :, ay : ay + ah, ax : ax + aw]
+        labels = None
+        if self.checkpoint.is_xl and entry.extra.get("unclip"):
+            # ComfyUI's SDXL "Revision": the augmented image embeds replace the pooled prompt.
+            raise ValueError(
+                "unCLIPConditioning on an SDXL model (image embeds as the pooled prompt, "
+                "ComfyUI's Revision) is not supported yet; use an SD 2.1 unCLIP checkpoint"
+            )
+        if self.unclip_dim:
+            from runner.diffusion.unclip import class_labels
+
+            row = class_labels(
+                entry.extra.get("unclip"), self.checkpoint.pipe, self.unclip_dim, job.seed
+            )
+            labels = row.repeat(n, 1).to(self.device, self.dtype)
         return _Item(
             side=side,
             job=j,
@@ -431,6 +462,8 @@ class Guidance:
             added=added,
             concat=concat,
             control=entry.control,
+            labels=labels,
+            gligen=entry.extra.get("gligen"),
         )
 
     def _added(self, entry: CondEntry, side: int, n: int, h: int, w: int) -> dict:
@@ -540,14 +573,32 @@ class Guidance:
         unet_in = sample
         if group[0].concat is not None:
             unet_in = torch.cat([sample, _cat([it.concat for it in group])], 1)
-        pred = self.unet(
-            unet_in,
-            t,
-            encoder_hidden_states=embeds,
-            added_cond_kwargs=added,
-            return_dict=False,
-            **extra,
-        )[0]
+        if group[0].labels is not None:
+            extra["class_labels"] = _cat([it.labels for it in group])
+        gligen = group[0].gligen
+        if gligen is None:
+            pred = self.unet(
+                unet_in,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs=added,
+                return_dict=False,
+                **extra,
+            )[0]
+        else:
+            from runner.models.gligen import installed
+
+            inputs = gligen.inputs(sample.shape, self.device, self.dtype)
+            with installed(self.unet, gligen.model):
+                pred = self.unet(
+                    unet_in,
+                    t,
+                    encoder_hidden_states=embeds,
+                    added_cond_kwargs=added,
+                    cross_attention_kwargs={"gligen": inputs},
+                    return_dict=False,
+                    **extra,
+                )[0]
         return list(pred.split([x.shape[0] for x in xs]))
 
     # -- entry points -----------------------------------------------------------------------
@@ -561,7 +612,7 @@ class Guidance:
         order); guiders combine the results (CFG, DualCFG, CFG++...). The second side
         counts as the negative one (the SDXL refiner's default aesthetic score)."""
         plain = all(c.plain for side in sides for c in side)
-        if not plain or self.inpaint or self.time_ids_len not in (0, 6):
+        if not plain or self.inpaint or self.unclip_dim or self.time_ids_len not in (0, 6):
             key = tuple(id(c) for side in sides for c in side)
             if key not in self._prepared:
                 self._prepared[key] = (sides, self._prepare(sides))

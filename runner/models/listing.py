@@ -204,12 +204,22 @@ class ModelListing:
 
     def models_by_kind(self) -> dict[str, list[str]]:
         """Every model name the loaders accept, grouped by kind (for ``easel models``)."""
+        # The per-kind modules import the manager; imported here, they cannot loop.
+        from runner.models import clip_vision, gligen, hypernetworks, style_models
+        from runner.models.controlnet import control_names
+
         return {
             "checkpoints": self.checkpoint_names(),
             "loras": self.lora_names(),
             "vae": self.vae_names(),
             "text_encoders": self.text_encoder_names(),
             "upscale_models": self.upscale_model_names(),
+            "controlnet": control_names(self.settings),
+            "clip_vision": clip_vision.clip_vision_names(self),
+            "style_models": style_models.style_model_names(self),
+            "hypernetworks": hypernetworks.hypernetwork_names(self),
+            "gligen": gligen.gligen_names(self),
+            "embeddings": self.embedding_names(),
         }
 
     def vae_names(self) -> list[str]:

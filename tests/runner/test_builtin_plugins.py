@@ -63,6 +63,17 @@ def test_core_nodes_by_category():
             "ModelMergeSimple",
             "ModelMergeSubtract",
         ],
+        "plugins.core.vision": [
+            "CLIPVisionEncode",
+            "CLIPVisionLoader",
+            "GLIGENLoader",
+            "GLIGENTextBoxApply",
+            "HypernetworkLoader",
+            "StyleModelApply",
+            "StyleModelLoader",
+            "unCLIPCheckpointLoader",
+            "unCLIPConditioning",
+        ],
         "plugins.core.conditioning": [
             "CLIPSetLastLayer",
             "CLIPTextEncode",
