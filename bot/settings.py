@@ -32,6 +32,14 @@ class RoleLimit(BaseModel):
     max_count: int | None = Field(default=None, ge=1, le=4)
 
 
+class WorkflowLimit(BaseModel):
+    """Limits of one operator workflow (``[workflow_limits.NAME]``), over its sidecar's."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    max_size: int | None = Field(default=None, ge=64)
+    roles: list[int] = Field(default_factory=list)
+
+
 def _split(value: object) -> object:
     if isinstance(value, str):
         return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
@@ -121,6 +129,14 @@ class Settings(EngineSettings):
     role_limits: dict[int, RoleLimit] = Field(
         default_factory=dict,
         description="Per-role limits (max_steps, max_width, max_height, max_count).",
+    )
+    workflow_limits: dict[str, WorkflowLimit] = Field(
+        default_factory=dict,
+        description="Per operator workflow (by name): max_steps, max_size, roles that may use it.",
+    )
+    allow_run_from_png: bool = Field(
+        default=True,
+        description="Whether members may rerun a ComfyUI PNG's workflow by replying '@easel run'.",
     )
     default_steps: int = Field(
         default=DEFAULTS.steps, ge=1, description="Steps when neither the user nor the prompt says."

@@ -34,6 +34,10 @@ from bot.cli.plugin_commands import plugins  # noqa: E402
 cli.add_command(plugins)
 
 from bot.cli.queue_commands import QUEUE_COMMANDS  # noqa: E402
+from bot.cli.workflow_commands import WORKFLOW_COMMANDS  # noqa: E402
+
+for command in WORKFLOW_COMMANDS:
+    cli.add_command(command)
 
 for command in QUEUE_COMMANDS:
     cli.add_command(command)

@@ -145,6 +145,10 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
 )
 @click.option("--template", help="Workflow template (txt2img, img2img, or one from a plugin).")
 @click.option(
+    "--workflow",
+    help="An operator workflow (easel workflows list); options not given keep its values.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the image here (.png/.jpg/.webp).",
@@ -181,6 +185,7 @@ def generate(
     init_image,
     strength,
     template,
+    workflow,
     out,
     events,
     print_workflow,
@@ -219,9 +224,14 @@ def generate(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise click.ClickException(problems) from None
     env = make_environment(settings)
+    operator = None
+    if workflow:
+        from bot.cli.workflow_commands import workflow_request
+
+        operator, request = workflow_request(env, settings, workflow, _given(request))
     if init_image is not None:
         request = request.model_copy(update={"init_image": store_input_image(settings, init_image)})
-    workflow = env.build_workflow(request)
+    workflow = operator.build(request) if operator else env.build_workflow(request)
     if print_workflow:
         click.echo(json.dumps(workflow, indent=2))
         return
@@ -252,6 +262,33 @@ def generate(
     for path in paths:
         click.echo(str(path), err=bool(events))
     close_environment(env)
+
+
+def _given(request) -> dict[str, Any]:
+    """The request fields given on the command line (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    names = {"batch": "batch_size", "loras": "loras"}
+    out: dict[str, Any] = {"prompt": request.prompt}
+    for param in (
+        "negative",
+        "seed",
+        "steps",
+        "cfg",
+        "sampler",
+        "scheduler",
+        "width",
+        "height",
+        "batch",
+        "model",
+        "loras",
+        "strength",
+    ):
+        if ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+            field = names.get(param, param)
+            out[field] = getattr(request, field)
+    return out
 
 
 @click.command("run")

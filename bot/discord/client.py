@@ -46,6 +46,7 @@ DEFAULT_COGS: tuple[str, ...] = (
     "bot.discord.cogs.privacy",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.plugins",
+    "bot.discord.cogs.workflows",
 )
 
 

@@ -345,6 +345,9 @@ def request_from_generation(generation, **changes: Any) -> GenerationRequest:
         model=generation.model or str(p.get("model") or ""),
         loras=_stored_loras(p.get("loras")),
     )
+    template = generation.template or p.get("template")
+    if template and str(template).startswith(("workflow:", "png-run:")):
+        given["template"] = template  # an operator workflow's results keep it (reroll, V, U)
     request = GenerationRequest(**given)
     return request.model_copy(update=changes) if changes else request
 

@@ -15,6 +15,8 @@ from bot.discord.cogs.imagine.complete import (
     complete_scheduler,
     complete_size,
 )
+from bot.discord.cogs.workflows.cog import complete_workflow
+from bot.discord.cogs.workflows.requests import imagine_with_workflow
 from bot.discord.errors import reported
 from bot.discord.ranges import ceiling_limits, declare_max, offer_best_of
 from bot.discord.status import InteractionStatus
@@ -49,6 +51,7 @@ class ImagineCog(commands.Cog):
         image="An image to start from (img2img)",
         best_of="Make this many candidates and post the one CLIP finds closest to the prompt",
         keep="With best_of: how many of the best candidates to post",
+        workflow="One of the server's ComfyUI workflows (your prompt and options go into it)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     @app_commands.autocomplete(
@@ -57,6 +60,7 @@ class ImagineCog(commands.Cog):
         scheduler=complete_scheduler,
         lora=complete_lora,
         size=complete_size,
+        workflow=complete_workflow,
     )
     async def imagine(
         self,
@@ -77,6 +81,7 @@ class ImagineCog(commands.Cog):
         image: discord.Attachment | None = None,
         best_of: app_commands.Range[int, 2, 4] | None = None,
         keep: app_commands.Range[int, 1, 4] | None = None,
+        workflow: app_commands.Range[str, 1, 64] | None = None,
     ) -> None:
         """Make an image from a prompt."""
         # The 3-second rule: acknowledge before anything else, whatever the queue holds.
@@ -98,7 +103,14 @@ class ImagineCog(commands.Cog):
             "keep": keep,
         }
         async with reported(interaction) as attempt:
-            submission, dest = await self.bot.requests.imagine(interaction, prompt, options, image)
+            if workflow:  # an operator workflow (bot.discord.cogs.workflows)
+                submission, dest = await imagine_with_workflow(
+                    self.bot, interaction, workflow, prompt, options, image
+                )
+            else:
+                submission, dest = await self.bot.requests.imagine(
+                    interaction, prompt, options, image
+                )
         if attempt.failed:
             return
         await self.bot.reporter.run(
