@@ -1,18 +1,15 @@
 """ComfyUI's image nodes: LoadImage, SaveImage (PNG with the workflow in ``prompt`` and
 ``workflow`` chunks and A1111's ``parameters``), PreviewImage, SaveImageWebsocket,
-SaveAnimatedWEBP, SaveAnimatedPNG, ImageScale and ImageScaleBy."""
+SaveAnimatedWEBP, SaveAnimatedPNG, ImageScale and ImageScaleBy.
+
+Output file names (``filename_prefix`` tokens, numbering) live in :mod:`runner.output_files`,
+the text saved inside images in :mod:`runner.images_metadata`."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import logging
-import os
-import re
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -24,15 +21,20 @@ from runner.files import write_atomic
 from runner.images import (
     ACCEPTED_FORMATS,
     BadImage,
-    a1111_parameters,
     open_image,
     pil_to_tensor,
     png_bytes,
     tensor_to_pils,
 )
-from runner.ui_layout import api_to_ui
-
-log = logging.getLogger(__name__)
+from runner.images_metadata import output_text
+from runner.images_metadata import parameters_for as _parameters_for  # noqa: F401 (tests)
+from runner.output_files import (  # noqa: F401 (expand_prefix, format_date: re-exported)
+    NumberedNames,
+    expand_prefix,
+    format_date,
+    output_folder,
+    prefix_problem,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -118,187 +120,6 @@ def load_image(ctx: NodeContext, image: str):
     return pil_to_tensor(pil)
 
 
-def _parameters_for(workflow: dict[str, Any], node_id: str) -> dict[str, Any]:
-    """Generation parameters for the A1111 chunk, read from the sampler this output comes from."""
-
-    def upstream(start: str) -> list[str]:
-        seen, order, stack = set(), [], [start]
-        while stack:
-            nid = stack.pop(0)
-            if nid in seen or nid not in workflow:
-                continue
-            seen.add(nid)
-            order.append(nid)
-            for value in (workflow[nid].get("inputs") or {}).values():
-                if isinstance(value, list) and len(value) == 2:
-                    stack.append(str(value[0]))
-        return order
-
-    def literal(nid: str, name: str):
-        value = (workflow.get(nid, {}).get("inputs") or {}).get(name)
-        return None if isinstance(value, list) else value
-
-    def text_of(link) -> str | None:
-        if not isinstance(link, list):
-            return None
-        for nid in upstream(str(link[0])):
-            if workflow[nid].get("class_type") == "CLIPTextEncode":
-                text = literal(nid, "text")
-                return None if text is None else str(text)
-        return None
-
-    params: dict[str, Any] = {}
-    chain = upstream(node_id)
-    sampler = next(
-        (n for n in chain if workflow[n].get("class_type") in ("KSampler", "KSamplerAdvanced")),
-        None,
-    )
-    if sampler is None:
-        return params
-    inputs = workflow[sampler].get("inputs") or {}
-    params["prompt"] = text_of(inputs.get("positive")) or ""
-    params["negative"] = text_of(inputs.get("negative")) or ""
-    params["seed"] = (
-        literal(sampler, "seed")
-        if literal(sampler, "seed") is not None
-        else literal(sampler, "noise_seed")
-    )
-    for key, name in (
-        ("steps", "steps"),
-        ("cfg", "cfg"),
-        ("sampler", "sampler_name"),
-        ("scheduler", "scheduler"),
-    ):
-        params[key] = literal(sampler, name)
-    try:  # literals are as written in the workflow ("0.5" is a valid denoise)
-        denoise = float(literal(sampler, "denoise"))
-    except (TypeError, ValueError):
-        denoise = None
-    if denoise is not None and denoise < 1:
-        params["denoise"] = denoise
-    loras = []
-    for nid in upstream(sampler):
-        cls = workflow[nid].get("class_type")
-        if cls == "CheckpointLoaderSimple":
-            params["model"] = literal(nid, "ckpt_name")
-        elif cls == "LoraLoader":
-            loras.append(f"{literal(nid, 'lora_name')}:{literal(nid, 'strength_model')}")
-        elif cls == "EmptyLatentImage":
-            params["size"] = f"{literal(nid, 'width')}x{literal(nid, 'height')}"
-    if loras:
-        params["loras"] = " ".join(loras)
-    return params
-
-
-_PREFIX_OK = re.compile(r"^[\w\-. /]{1,120}$")
-_TOKEN = re.compile(r"%([^%]*)%")
-_DATE_PART = re.compile(r"yyyy|yy|dd?|MM?|hh?|mm?|ss?")
-_CLOCK_TOKENS = ("year", "month", "day", "hour", "minute", "second")
-_UNSAFE_IN_VALUE = re.compile(r"[^\w\-. ]")
-
-
-def format_date(pattern: str, when: datetime) -> str:
-    """ComfyUI's ``%date:...%`` format: yyyy, yy, M/MM (month), d/dd, h/hh (0-23), m/mm,
-    s/ss; a doubled letter pads to two digits; other characters stay as they are."""
-
-    def part(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if token == "yyyy":
-            return f"{when.year:04d}"
-        if token == "yy":
-            return f"{when.year % 100:02d}"
-        value = {
-            "d": when.day,
-            "M": when.month,
-            "h": when.hour,
-            "m": when.minute,
-            "s": when.second,
-        }[token[0]]
-        return f"{value:02d}" if len(token) == 2 else str(value)
-
-    return _DATE_PART.sub(part, pattern)
-
-
-def _node_widget(workflow: dict[str, Any], ref: str) -> str:
-    """The literal value behind ``%Node.widget%``: the node by id, else by title
-    (``_meta.title``), else by class type (ComfyUI's "Node name for S&R")."""
-    name, _, widget = ref.rpartition(".")
-    nodes = [n for n in workflow.values() if isinstance(n, dict)]
-    candidates = [workflow[name]] if isinstance(workflow.get(name), dict) else []
-    candidates = candidates or [n for n in nodes if (n.get("_meta") or {}).get("title") == name]
-    candidates = candidates or [n for n in nodes if n.get("class_type") == name]
-    if not candidates:
-        raise ValueError(
-            f"filename_prefix token %{ref}%: no node with id, title or type {name!r} in the workflow"
-        )
-    inputs = candidates[0].get("inputs") or {}
-    if widget not in inputs:
-        raise ValueError(f"filename_prefix token %{ref}%: node {name!r} has no input {widget!r}")
-    value = inputs[widget]
-    if isinstance(value, list):
-        raise ValueError(
-            f"filename_prefix token %{ref}%: input {widget!r} of node {name!r} is a link, not a value"
-        )
-    return _UNSAFE_IN_VALUE.sub("_", str(value))
-
-
-def expand_prefix(
-    filename_prefix: str,
-    *,
-    workflow: dict[str, Any] | None,
-    width: int | None,
-    height: int | None,
-    when: datetime | None = None,
-) -> str:
-    """``filename_prefix`` with ComfyUI's tokens replaced: ``%date:yyyy-MM-dd%``,
-    ``%width%``, ``%height%``, ``%year%`` ... ``%second%``, and ``%NodeTitle.widget%`` or
-    ``%node_id.widget%`` (the literal input of that node; characters that cannot be in a
-    file name become ``_``). ``%batch_num%`` is left for the caller (one per image).
-    With ``workflow`` None, node references become ``x`` (for checks before a run)."""
-    when = when or datetime.now()
-
-    def token(match: re.Match[str]) -> str:
-        body = match.group(1)
-        if body.startswith("date:"):
-            return format_date(body[5:], when)
-        if body in ("width", "height"):
-            value = width if body == "width" else height
-            return "x" if value is None else str(value)
-        if body in _CLOCK_TOKENS:
-            value = getattr(when, body)
-            return str(value) if body == "year" else f"{value:02d}"
-        if body == "batch_num":
-            return match.group(0)
-        if "." in body and not body.startswith(".") and not body.endswith("."):
-            return "x" if workflow is None else _node_widget(workflow, body)
-        raise ValueError(
-            f"filename_prefix {filename_prefix!r}: unknown token %{body}%; use %date:yyyy-MM-dd%, "
-            "%width%, %height%, %year%..%second%, %batch_num% or %NodeTitle.widget%"
-        )
-
-    return _TOKEN.sub(token, filename_prefix)
-
-
-def prefix_problem(filename_prefix: str, folder: Path) -> str | None:
-    """Why ``filename_prefix`` (tokens already expanded) cannot name files inside
-    ``folder``, or None."""
-    if filename_prefix.startswith("/") or re.match(r"^[A-Za-z]:", filename_prefix):
-        return f"filename_prefix {filename_prefix!r} is an absolute path; give a name (and subfolders) inside the output folder"
-    if ".." in filename_prefix.split("/"):
-        return f"filename_prefix {filename_prefix!r} goes up a folder with '..'; give a name (and subfolders) inside the output folder"
-    if not _PREFIX_OK.match(filename_prefix) or filename_prefix.endswith("/"):
-        return (
-            f"filename_prefix {filename_prefix!r} may hold only letters, digits, '-', '_', '.', "
-            "spaces and '/' between subfolders, and must end in a name (at most 120 characters)"
-        )
-    sub = filename_prefix.rpartition("/")[0]
-    base = folder.resolve()
-    target = (base / sub).resolve() if sub else base
-    if target != base and base not in target.parents:  # a subfolder that is a symlink out
-        return f"filename_prefix {filename_prefix!r} points outside the output folder"
-    return None
-
-
 def _check_prefix(filename_prefix: str, env) -> str | None:
     """Before the run: the tokens are known and the prefix, expanded with placeholders
     for the values only known when saving, stays inside the output folder."""
@@ -323,55 +144,7 @@ def _target(
     problem = prefix_problem(expanded.replace("%batch_num%", "0"), folder)
     if problem:
         raise ValueError(problem)
-    sub, _, stem = expanded.rpartition("/")
-    target = (folder / sub).resolve() if sub else folder.resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    return target, sub, stem
-
-
-def _claim(target: Path, stem: str, suffix: str, counter: list[int]) -> Path:
-    """A new file name ``{stem}_{counter:05d}_{suffix}``, claimed atomically (O_EXCL)."""
-    while True:
-        path = target / f"{stem}_{counter[0]:05d}_{suffix}"
-        counter[0] += 1
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return path
-
-
-def _first_counter(target: Path, stem: str, suffix: str) -> list[int]:
-    pattern = re.compile(re.escape(stem) + r"_(\d{5})_" + re.escape(suffix) + "$")
-    return [
-        1
-        + max(
-            (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
-        )
-    ]
-
-
-def _metadata(ctx: NodeContext, images: torch.Tensor) -> dict[str, str]:
-    """The text chunks of a saved image: ``prompt`` (API format), ``workflow`` (UI format,
-    laid out from the prompt and the node specs) and A1111's ``parameters``."""
-    workflow = ctx.extra.get("workflow") or {}
-    text = {"prompt": json.dumps(workflow)}
-    ui = ctx.extra.get("ui_workflow")
-    try:
-        text["workflow"] = json.dumps(
-            ui if isinstance(ui, dict) else api_to_ui(workflow, ctx.env.node_types)
-        )
-    except Exception:  # pragma: no cover - never lose the image over its layout
-        log.warning("could not lay out the workflow chunk", exc_info=True)
-    params = _parameters_for(workflow, ctx.node_id)
-    if params:
-        if images.dim() == 4:  # the saved image's size, not the first pass's
-            params["size"] = f"{int(images.shape[2])}x{int(images.shape[1])}"
-        text["parameters"] = a1111_parameters(params)
-    for key, value in (ctx.extra.get("png_text") or {}).items():
-        text[str(key)] = str(value)
-    return text
+    return output_folder(folder, expanded)
 
 
 def _save(
@@ -383,12 +156,12 @@ def _save(
     compress_level: int = 4,
 ) -> dict:
     target, sub, stem = _target(ctx, images, filename_prefix, folder)
-    text = _metadata(ctx, images)
+    text = output_text(ctx, images)
     results = []
-    counter = _first_counter(target, stem.replace("%batch_num%", "0"), ".png")
+    names = NumberedNames(target, stem.replace("%batch_num%", "0"), ".png")
     for index, pil in enumerate(tensor_to_pils(images)):
         data = png_bytes(pil, text, compress_level=compress_level)
-        path = _claim(target, stem.replace("%batch_num%", str(index)), ".png", counter)
+        path = names.claim(stem.replace("%batch_num%", str(index)))
         write_atomic(path, data)
         results.append({"filename": path.name, "subfolder": sub, "type": kind, "path": str(path)})
     return {"ui": {"images": results}, "result": ()}
@@ -471,7 +244,7 @@ def save_animated_webp(
     with the workflow in its EXIF as ComfyUI writes it (``prompt:``, ``workflow:``)."""
     target, sub, stem = _target(ctx, images, filename_prefix, ctx.env.settings.output_dir)
     stem = stem.replace("%batch_num%", "0")
-    text = _metadata(ctx, images)
+    text = output_text(ctx, images)
     exif = Image.Exif()
     exif[0x0110] = "prompt:" + text["prompt"]
     if "workflow" in text:
@@ -489,7 +262,7 @@ def save_animated_webp(
         quality=int(quality),
         method=WEBP_METHODS[method],
     )
-    path = _claim(target, stem, ".webp", _first_counter(target, stem, ".webp"))
+    path = NumberedNames(target, stem, ".webp").claim(stem)
     write_atomic(path, buf.getvalue())
     result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
     return {"ui": {"images": [result], "animated": (True,)}, "result": ()}
@@ -517,12 +290,12 @@ def save_animated_png(
     frames = tensor_to_pils(images)
     data = png_bytes(
         frames[0],
-        _metadata(ctx, images),
+        output_text(ctx, images),
         compress_level=int(compress_level),
         append_images=frames[1:],
         duration=_frame_ms(fps),
     )
-    path = _claim(target, stem, ".png", _first_counter(target, stem, ".png"))
+    path = NumberedNames(target, stem, ".png").claim(stem)
     write_atomic(path, data)
     result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
     return {"ui": {"images": [result], "animated": (True,)}, "result": ()}

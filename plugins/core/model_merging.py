@@ -10,8 +10,6 @@ ComfyUI read back.
 from __future__ import annotations
 
 import json
-import os
-import re
 
 import torch
 
@@ -19,6 +17,7 @@ from runner import ClipHandle, Input, ModelHandle, NodeContext, VaeHandle, hooki
 from runner import types as T
 from runner.models import merging
 from runner.models.checkpoint import Checkpoint
+from runner.output_files import NumberedNames, output_folder, prefix_problem
 
 _RATIO = {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}
 
@@ -46,6 +45,23 @@ def _key(node_name: str, handles, numbers) -> str:
     return f"merge:{node_name}:{'|'.join(parts)}:{numbers}"
 
 
+def _add_merged(models, key: str, pipe, node_name: str, first, second, modules) -> Checkpoint:
+    """The merged ``pipe`` kept in the model cache under ``key``, on ``first``'s device and
+    dtype, its size that of the new ``modules``."""
+    return models.add_derived(
+        key,
+        Checkpoint(
+            name=key,
+            family=first.family,
+            pipe=pipe,
+            device=first.device,
+            dtype=first.dtype,
+            source=f"{node_name} of {first.name} and {second.name}",
+            size_bytes=merging.module_bytes(*modules),
+        ),
+    )
+
+
 def _merge_models(ctx: NodeContext, node_name: str, model1, model2, coefficients, numbers):
     first, second = model1.checkpoint, model2.checkpoint
     merging.check_same_family(first, second, node_name)
@@ -62,18 +78,7 @@ def _merge_models(ctx: NodeContext, node_name: str, model1, model2, coefficients
             unet=unet,
             **{n: None for n in merging.TEXT_ENCODER_NAMES if n in first.pipe.components},
         )
-        cached = models.add_derived(
-            key,
-            Checkpoint(
-                name=key,
-                family=first.family,
-                pipe=pipe,
-                device=first.device,
-                dtype=first.dtype,
-                source=f"{node_name} of {first.name} and {second.name}",
-                size_bytes=merging.module_bytes(unet),
-            ),
-        )
+        cached = _add_merged(models, key, pipe, node_name, first, second, (unet,))
     return (ModelHandle(cached, (), model1.prediction, model1.zsnr),)
 
 
@@ -187,24 +192,13 @@ def clip_merge_simple(ctx: NodeContext, clip1: ClipHandle, clip2: ClipHandle, ra
         if "vae" in first.pipe.components:
             replace["vae"] = None
         pipe = merging.derived_pipe(first.pipe, **new, **replace)
-        cached = models.add_derived(
-            key,
-            Checkpoint(
-                name=key,
-                family=first.family,
-                pipe=pipe,
-                device=first.device,
-                dtype=first.dtype,
-                source=f"CLIPMergeSimple of {first.name} and {second.name}",
-                size_bytes=merging.module_bytes(*new.values()),
-            ),
+        cached = _add_merged(
+            models, key, pipe, "CLIPMergeSimple", first, second, tuple(new.values())
         )
     return (ClipHandle(cached, (), clip1.stop_at_layer),)
 
 
 def _check_prefix(filename_prefix: str, env) -> str | None:
-    from plugins.core.image import prefix_problem
-
     return prefix_problem(filename_prefix, env.settings.output_dir)
 
 
@@ -252,7 +246,6 @@ def checkpoint_save(
     baked in) in the output folder, as <prefix>_00001_.safetensors."""
     from safetensors.torch import save
 
-    from plugins.core.image import prefix_problem
     from runner.files import write_atomic
     from runner.models.original_layout import checkpoint_state_dict
 
@@ -284,31 +277,11 @@ def checkpoint_save(
     metadata, extra = _metadata(ctx, model)
     state |= extra
     data = save({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, metadata)
-    path = _claim(folder, filename_prefix)
+    target, sub, stem = output_folder(folder, filename_prefix)
+    path = NumberedNames(target, stem, ".safetensors").claim(stem)
     write_atomic(path, data)
-    sub = filename_prefix.rpartition("/")[0]
     result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
     return {"ui": {"checkpoints": [result]}, "result": ()}
-
-
-def _claim(folder, filename_prefix: str):
-    """The next free ``<stem>_NNNNN_.safetensors`` under the prefix's subfolder, claimed."""
-    sub, _, stem = filename_prefix.rpartition("/")
-    target = (folder / sub).resolve() if sub else folder.resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(stem) + r"_(\d{5})_\.safetensors$")
-    counter = 1 + max(
-        (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
-    )
-    while True:
-        path = target / f"{stem}_{counter:05d}_.safetensors"
-        counter += 1
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return path
 
 
 @hookimpl

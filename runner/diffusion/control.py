@@ -3,7 +3,7 @@ semantics, on diffusers' ``ControlNetModel`` and ``T2IAdapter``).
 
 A conditioning entry's ``control`` is the last :class:`~runner.handles.ControlSpec` of a
 chain. For one UNet call, every control of the chain that is active at the step (its own
-start..end percent, see :func:`runner.diffusion.guidance.timestep_bounds`) adds its
+start..end percent, see :func:`runner.diffusion.entries.timestep_bounds`) adds its
 residuals, and the chain's residuals are summed:
 
 * a ControlNet (Zhang et al. 2023, "Adding Conditional Control to Text-to-Image Diffusion
@@ -24,7 +24,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
+
+from runner.diffusion.entries import center_resize, is_active, tile_rows, timestep_bounds
 
 if TYPE_CHECKING:
     from runner.handles import ControlSpec
@@ -40,18 +41,7 @@ def hint_to_size(hint: torch.Tensor, height: int, width: int) -> torch.Tensor:
         raise ValueError(
             f"a control hint must be an IMAGE [batch, height, width, channels], got {tuple(hint.shape)}"
         )
-    image = hint.movedim(-1, 1).float()
-    old_h, old_w = image.shape[-2:]
-    if (old_h, old_w) == (height, width):
-        return image
-    old_aspect, new_aspect = old_w / old_h, width / height
-    y = x = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    image = image[..., y : old_h - y, x : old_w - x]
-    return F.interpolate(image, size=(height, width), mode="nearest-exact")
+    return center_resize(hint.movedim(-1, 1).float(), height, width, "nearest-exact")
 
 
 def _per_chunk(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -59,11 +49,7 @@ def _per_chunk(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
     else cycled to each chunk's length (ComfyUI's ``broadcast_image_to``)."""
     if t.shape[0] == 1:
         return t.expand(sum(counts), *t.shape[1:])
-    parts = []
-    for n in counts:
-        reps = -(-n // t.shape[0])
-        parts.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:n])
-    return torch.cat(parts)
+    return torch.cat([tile_rows(t, n) for n in counts])
 
 
 def _ready(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
@@ -120,8 +106,6 @@ class ControlResiduals:
         """The UNet keyword arguments for ``control``'s chain on ``sample`` (the scaled
         latent input of one UNet call, its chunks ``counts`` rows each) at timestep ``t``;
         empty when no control of the chain is active."""
-        from runner.diffusion.guidance import is_active, timestep_bounds
-
         h, w = sample.shape[-2:]
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None

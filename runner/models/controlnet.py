@@ -32,7 +32,7 @@ from runner.errors import ModelError
 from runner.files import read_safetensors_header, refuse_pickle
 from runner.models import control_layout as L
 from runner.models.configs import companion_config_dir
-from runner.models.listing import outside_problem, safe_relative_name
+from runner.models.listing import outside_problem, safe_relative_name, scan_folder
 
 if TYPE_CHECKING:
     import torch
@@ -93,33 +93,10 @@ def _entries(base: Path) -> list[tuple[str, Path]]:
     """``(name, path)`` of the ``.safetensors`` files and diffusers folders under ``base``
     (a folder with ``config.json`` is one model: its files are not listed on their own;
     ``<stem>.config/`` companions are not models)."""
-    found: list[tuple[str, Path]] = []
-    if not base.is_dir():
-        return found
-    seen: set[tuple[int, int]] = set()
-    stack = [base]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = folder.stat()
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            children = sorted(folder.iterdir())
-        except OSError:
-            continue
-        for path in children:
-            rel = path.relative_to(base).as_posix()
-            if path.is_dir():
-                if path.name.endswith(".config"):
-                    continue
-                if (path / "config.json").is_file():
-                    found.append((rel, path))
-                else:
-                    stack.append(path)
-            elif path.is_file() and path.suffix.lower() == ".safetensors":
-                found.append((rel, path))
-    return sorted(found)
+    entries = scan_folder(
+        base, (".safetensors",), True, folder_marker="config.json", skip_folder_suffix=".config"
+    )
+    return [(rel, path) for rel, path, _ in entries]
 
 
 def resolve_control(settings, name: str) -> Path:

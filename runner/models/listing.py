@@ -53,11 +53,20 @@ def safe_relative_name(name: str) -> PurePosixPath:
 
 
 def scan_folder(
-    base: Path, suffixes: Iterable[str], diffusers_dirs: bool
+    base: Path,
+    suffixes: Iterable[str],
+    diffusers_dirs: bool,
+    *,
+    folder_marker: str = "model_index.json",
+    skip_folder_suffix: str | None = None,
 ) -> list[tuple[str, Path, bool]]:
     """``(name, path, is_diffusers_folder)`` under ``base``, sorted by name. Follows
     symbolic links to folders (once each: a link loop ends); the callers decide whether
-    a link that leads out of the models folders counts."""
+    a link that leads out of the models folders counts.
+
+    With ``diffusers_dirs``, a folder holding ``folder_marker`` (a pipeline's
+    ``model_index.json``, a single model's ``config.json``) is one model and is not
+    entered; folders whose name ends in ``skip_folder_suffix`` are passed over."""
     if not base.is_dir():
         return []
     found: list[tuple[str, Path, bool]] = []
@@ -78,7 +87,9 @@ def scan_folder(
             rel = path.relative_to(base).as_posix()
             try:
                 if entry.is_dir():
-                    if diffusers_dirs and (path / "model_index.json").is_file():
+                    if skip_folder_suffix and entry.name.endswith(skip_folder_suffix):
+                        continue
+                    if diffusers_dirs and (path / folder_marker).is_file():
                         found.append((rel, path, True))
                     else:
                         stack.append(path)
