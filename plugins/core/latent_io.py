@@ -21,16 +21,15 @@ saves again unchanged. Loading reads tensors with the ``safetensors`` library on
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from pathlib import Path
 
 import torch
 
-from plugins.core.image import image_too_big, prefix_problem
+from plugins.core.image import image_too_big
 from runner import Input, Latent, NodeContext, hookimpl, node
 from runner import types as T
 from runner.files import safe_relative_path, write_atomic
+from runner.output_files import NumberedNames, output_folder, prefix_problem
 
 SD_LATENT_SCALE = 0.18215
 VERSION_KEY = "latent_format_version_0"
@@ -76,13 +75,7 @@ def save_latent(ctx: NodeContext, samples: Latent, filename_prefix: str):
     problem = prefix_problem(filename_prefix, folder)
     if problem:
         raise ValueError(problem)
-    sub, _, stem = filename_prefix.rpartition("/")
-    target = (folder / sub).resolve() if sub else folder.resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(stem) + r"_(\d{5})_\.latent$")
-    counter = 1 + max(
-        (int(m.group(1)) for p in target.iterdir() if (m := pattern.match(p.name))), default=0
-    )
+    target, sub, stem = output_folder(folder, filename_prefix)
     scale = _scale_of(samples)
     raw = (samples["samples"].float() / scale).contiguous()
     data = save(
@@ -92,15 +85,7 @@ def save_latent(ctx: NodeContext, samples: Latent, filename_prefix: str):
             "easel_latent_format": str(samples.get("latent_format", "SD15")),
         },
     )
-    while True:
-        path = target / f"{stem}_{counter:05d}_.latent"
-        counter += 1
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # claim the name
-        except FileExistsError:
-            continue
-        os.close(fd)
-        break
+    path = NumberedNames(target, stem, ".latent").claim(stem)
     write_atomic(path, data)
     result = {"filename": path.name, "subfolder": sub, "type": "output", "path": str(path)}
     return {"ui": {"latents": [result]}, "result": ()}
