@@ -238,7 +238,8 @@ class OperatorWorkflow:
 
     def check_request(self, request: GenerationRequest, *, image: bool = False) -> list[str]:
         """Every way ``request`` goes beyond this workflow: options members may not change
-        that differ from the workflow's values, steps or size over its limits."""
+        that differ from the workflow's values, an image where its allow list has none,
+        steps or size over its limits."""
         problems = []
         now = self.current()
         for option, name in REQUEST_FIELDS.items():
@@ -252,7 +253,9 @@ class OperatorWorkflow:
             and not self.allowed("seed")
         ):
             problems.append("seed cannot be changed in this workflow")
-        if image and not (self.allowed("image") or "image" not in self.bindings.options):
+        if image and self.allow is not None and "image" not in self.allow:
+            # An allow list without "image" refuses one, also where easel would add
+            # the LoadImage itself (a text-to-image workflow).
             problems.append("this workflow takes no image")
         if request.loras and len(request.loras) > len(self.bindings.loras):
             have = len(self.bindings.loras)
@@ -268,6 +271,27 @@ class OperatorWorkflow:
             problems.append(
                 f"size {request.width}x{request.height} is larger than this workflow's limit of {side}x{side}"
             )
+        return problems
+
+    def check_again(
+        self, request: GenerationRequest, earlier: GenerationRequest, *, image: bool = False
+    ) -> list[str]:
+        """Every way a result button's ``request`` (reroll, variation, upscale, reuse
+        seed) goes beyond this workflow as it is now, ``earlier`` being the request of
+        the result clicked: :meth:`check_request` (allow list, steps and size limits)
+        with two things a button does on its own let through: keeping the seed of an
+        earlier run of the workflow, and making fewer images than the result had (V, U).
+        A new prompt or negative is refused when members may no longer change it."""
+        checked = request.model_copy(update={"seed": None})
+        if request.batch_size < earlier.batch_size:
+            checked = checked.model_copy(update={"batch_size": earlier.batch_size})
+        problems = self.check_request(checked, image=image)
+        if (
+            request.prompt != earlier.prompt
+            and "prompt" in self.bindings.options
+            and not self.allowed("prompt")
+        ):
+            problems.insert(0, "prompt cannot be changed in this workflow")
         return problems
 
     def build(self, request: GenerationRequest) -> dict[str, Any]:
