@@ -357,15 +357,23 @@ def _note_text(path: Path) -> str:
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A sidecar file's table; raises :class:`WorkflowError` naming a bad file."""
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise WorkflowError(f"sidecar {path.name} cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise WorkflowError(f"sidecar {path.name} must be a table of settings")
-    return data
+    return parse_sidecar(data, path.name)
+
+
+def parse_sidecar(data: bytes, filename: str) -> dict[str, Any]:
+    """The table of a sidecar's bytes: JSON when ``filename`` ends in ``.json``, else
+    TOML. Raises :class:`WorkflowError` naming the file and what is wrong."""
+    try:
+        text = data.decode("utf-8")
+        table = json.loads(text) if filename.lower().endswith(".json") else tomllib.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, TOMLDecodeError
+        raise WorkflowError(f"sidecar {filename} cannot be read: {exc}") from exc
+    if not isinstance(table, dict):
+        raise WorkflowError(f"sidecar {filename} must be a table of settings")
+    return table
 
 
 def bind_workflow(
@@ -738,6 +746,7 @@ __all__ = [
     "WorkflowRejected",
     "bind_workflow",
     "is_workflow_template",
+    "parse_sidecar",
     "read_sidecar",
     "validation_problems",
 ]

@@ -171,3 +171,70 @@ def test_result_buttons_apply_the_workflows_roles_allow_list_and_limits_again(se
     text = refused(server, click("reroll", roles=[ROLE]))
     assert "no workflow named 'studio'" in text, text
     assert jobs(bot.data_dir) == queued
+
+
+SIDECAR_TOML = b"""
+description = "Portraits, text swapped"
+prompt = "7.text"
+negative = "6.text"
+allow = ["prompt", "seed"]
+max_steps = 4
+"""
+
+
+def test_workflow_add_takes_a_sidecar_and_shows_the_bindings_it_makes(server, bot):
+    owner = server.owner
+    # A sidecar with a mistake: refused, naming it, and nothing stored.
+    bad = server.slash(
+        "workflow",
+        {},
+        subcommand="add",
+        files={
+            "file": ("portrait.json", FIXTURE.read_bytes()),
+            "sidecar": ("portrait.toml", SIDECAR_TOML + b"colour = 3\n"),
+        },
+        user=owner,
+    )
+    text = refused(server, bad)
+    assert "not added" in text and "unknown key(s) colour" in text, text
+    broken = server.slash(
+        "workflow",
+        {},
+        subcommand="add",
+        files={
+            "file": ("portrait.json", FIXTURE.read_bytes()),
+            "sidecar": ("portrait.toml", b"prompt = = 1"),
+        },
+        user=owner,
+    )
+    assert "sidecar portrait.toml cannot be read" in refused(server, broken)
+    assert not (bot.data_dir / "workflows" / "portrait.json").exists()
+
+    added = server.slash(
+        "workflow",
+        {},
+        subcommand="add",
+        files={
+            "file": ("portrait.json", FIXTURE.read_bytes()),
+            "sidecar": ("portrait.toml", SIDECAR_TOML),
+        },
+        user=owner,
+    )
+    server.wait_for(lambda: any(e.get("components") for e in added.edits), 30, "the confirmation")
+    question = next(e for e in reversed(added.edits) if e.get("components"))
+    text = question["content"]
+    assert text.startswith("Add workflow **portrait**? (with the settings of portrait.toml)")
+    assert "Portraits, text swapped" in text
+    # The bindings as the sidecar made them, not as guessed from the graph.
+    assert "prompt -> node 7 (CLIPTextEncode).text = 'bad hands' [explicit]" in text, text
+    assert "negative -> node 6 (CLIPTextEncode).text = 'a lighthouse' [explicit]" in text
+    assert "members may change: prompt, seed" in text and "at most 4 steps" in text
+    server.click(
+        added.original, question["components"][0]["components"][0]["custom_id"], user=owner
+    )
+    server.wait_for(lambda: "is ready" in added.last_text, 30, "the stored workflow")
+    stored = json.loads((bot.data_dir / "workflows" / "portrait.easel.json").read_text())
+    assert stored["prompt"] == "7.text" and stored["max_steps"] == 4
+    listed = server.slash("workflow", {}, subcommand="list", user=owner)
+    server.wait_for(lambda: "portrait" in listed.last_text, 30, "the list")
+    assert "`portrait`: Portraits, text swapped" in listed.last_text
