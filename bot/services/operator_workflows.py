@@ -333,9 +333,8 @@ class OperatorWorkflow:
 # -- reading files -------------------------------------------------------------------------
 
 
-def _note_text(path: Path) -> str:
-    """The first Note node's text of a UI-format workflow file (JSON or PNG), or ''."""
-    data: Any = None
+def _ui_data(path: Path) -> dict[str, Any] | None:
+    """The UI-format workflow of a file (JSON, or a PNG's ``workflow`` chunk), or None."""
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -345,7 +344,38 @@ def _note_text(path: Path) -> str:
             text = image_workflow_text(path.read_bytes()).get("workflow")
             data = json.loads(text) if text else None
     except (OSError, ValueError):
-        return ""
+        return None
+    from runner.ui_format import is_ui_workflow
+
+    return data if is_ui_workflow(data) else None
+
+
+def _ui_model_problems(path: Path, env: Any) -> list[str]:
+    """The missing models of a UI-format file that cannot be converted (it uses node
+    types easel lacks): each node of a known type has its widget values read as that
+    type's inputs, and the model files they name are checked, so that a refusal names
+    them beside the unknown nodes."""
+    from runner.ui_format import MODE_BYPASS, MODE_NEVER, VIRTUAL_TYPES, map_widget_values
+
+    data = _ui_data(path)
+    graph: dict[str, Any] = {}
+    for node in (data or {}).get("nodes") or []:
+        if not isinstance(node, dict) or node.get("mode") in (MODE_NEVER, MODE_BYPASS):
+            continue
+        node_type = env.node_types.get(node.get("type"))
+        if node_type is None or node.get("type") in VIRTUAL_TYPES:
+            continue
+        try:
+            inputs = map_widget_values(node_type, node.get("widgets_values"))
+        except (TypeError, ValueError, WorkflowError):
+            continue
+        graph[str(node.get("id"))] = {"class_type": node["type"], "inputs": inputs}
+    return _model_problems(graph, env)
+
+
+def _note_text(path: Path) -> str:
+    """The first Note node's text of a UI-format workflow file (JSON or PNG), or ''."""
+    data = _ui_data(path)
     for node in (data or {}).get("nodes", []) if isinstance(data, dict) else []:
         if isinstance(node, dict) and node.get("type") in ("Note", "MarkdownNote"):
             values = node.get("widgets_values") or []
@@ -452,8 +482,13 @@ def validation_problems(workflow: OperatorWorkflow, env: Any) -> list[str]:
 def _missing_models(workflow: OperatorWorkflow, env: Any) -> list[str]:
     """A sentence for each model file a node names that this machine does not have
     (checked on every node, also those validation does not reach past a bad node)."""
+    return _model_problems(workflow.graph, env)
+
+
+def _model_problems(graph: Mapping[str, Any], env: Any) -> list[str]:
+    """:func:`_missing_models` of an API-format graph."""
     out = []
-    for node_id, node in workflow.graph.items():
+    for node_id, node in graph.items():
         if not isinstance(node, dict):
             continue
         node_type = env.node_types.get(node.get("class_type"))
@@ -528,6 +563,10 @@ class OperatorWorkflows:
         sidecar_path = self._sidecar(name)
         try:
             graph = load_workflow(path, self.env.node_types)
+        except WorkflowError as exc:
+            models = _ui_model_problems(path, self.env)
+            raise WorkflowRejected(name, [str(exc), *models]) from exc
+        try:
             sidecar = read_sidecar(sidecar_path) if sidecar_path else {}
         except WorkflowError as exc:
             raise WorkflowRejected(name, [str(exc)]) from exc
@@ -593,7 +632,8 @@ class OperatorWorkflows:
             try:
                 graph = load_workflow(path, self.env.node_types)
             except WorkflowError as exc:
-                raise WorkflowRejected(name, [*problems, str(exc)]) from exc
+                models = _ui_model_problems(path, self.env)
+                raise WorkflowRejected(name, [*problems, str(exc), *models]) from exc
             description = _note_text(path)
         try:
             workflow = bind_workflow(
@@ -676,7 +716,8 @@ class OperatorWorkflows:
             try:
                 graph = load_workflow(path, self.env.node_types)
             except WorkflowError as exc:
-                raise WorkflowRejected("that image", [str(exc)]) from exc
+                models = _ui_model_problems(path, self.env)
+                raise WorkflowRejected("that image", [str(exc), *models]) from exc
         text = json.dumps(graph, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()
         workflow = bind_workflow(

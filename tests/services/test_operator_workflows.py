@@ -232,3 +232,22 @@ def test_check_again_lets_a_buttons_own_changes_through_and_nothing_else(folder,
         "batch_size cannot be changed in this workflow"
     ]
     assert workflow.check_again(one, earlier, image=True) == ["this workflow takes no image"]
+
+
+def test_a_ui_file_with_unknown_nodes_names_its_missing_models_too(folder):
+    ui = json.loads(INVERTED.read_text())
+    ui["nodes"][0]["type"] = "CLIPTextEncodeDeluxe"
+    loader = next(n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = ["missing.safetensors"]
+    with pytest.raises(WorkflowRejected) as err:
+        folder.check(json.dumps(ui).encode(), "broken.json")
+    text = "\n".join(err.value.problems)
+    assert "CLIPTextEncodeDeluxe" in text, text
+    assert "checkpoint 'missing.safetensors' is not installed" in text, text
+    # The same file already in the folder (put there by hand) reads the same.
+    folder.folder.mkdir(parents=True, exist_ok=True)
+    (folder.folder / "broken.json").write_text(json.dumps(ui))
+    (listed,) = folder.list()
+    assert isinstance(listed, WorkflowRejected)
+    assert any("'missing.safetensors' is not installed" in p for p in listed.problems)
+    assert any("CLIPTextEncodeDeluxe" in p for p in listed.problems)
