@@ -143,6 +143,19 @@ def write_outputs(images: list[str], out: Path) -> list[Path]:
     show_default=True,
     help="img2img denoise.",
 )
+@click.option(
+    "--best",
+    type=click.IntRange(2, 100),
+    metavar="N",
+    help="Make N candidates in one batch and keep the best by CLIP score against the prompt "
+    "(the clip_model setting ranks them).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 100),
+    metavar="K",
+    help="With --best: how many of the best candidates to keep, best first (default 1).",
+)
 @click.option("--template", help="Workflow template (txt2img, img2img, or one from a plugin).")
 @click.option(
     "--workflow",
@@ -184,6 +197,8 @@ def generate(
     loras,
     init_image,
     strength,
+    best,
+    keep,
     template,
     workflow,
     out,
@@ -231,7 +246,13 @@ def generate(
         operator, request = workflow_request(env, settings, workflow, _given(request))
     if init_image is not None:
         request = request.model_copy(update={"init_image": store_input_image(settings, init_image)})
-    workflow = operator.build(request) if operator else env.build_workflow(request)
+    request = _best_of(request, settings, best, keep)
+    if operator:
+        from runner.templates import rank_with_clip
+
+        workflow = rank_with_clip(operator.build, request)
+    else:
+        workflow = env.build_workflow(request)
     if print_workflow:
         click.echo(json.dumps(workflow, indent=2))
         return
@@ -253,15 +274,69 @@ def generate(
         else:
             with ProgressDisplay() as display:
                 images = on_ray(display)
-    elif events:
-        images = env.run(workflow, on_event=JsonlEvents()).images
     else:
-        with ProgressDisplay() as display:
-            images = env.run(workflow, on_event=display).images
+        if events:
+            result = env.run(workflow, on_event=JsonlEvents())
+        else:
+            with ProgressDisplay() as display:
+                result = env.run(workflow, on_event=display)
+        images = result.images
+        _say_ranking(result.outputs)
     paths = write_outputs(images, out) if out else [Path(p) for p in images]
     for path in paths:
         click.echo(str(path), err=bool(events))
     close_environment(env)
+
+
+def _best_of(request, settings, best: int | None, keep: int | None):
+    """``request`` made best of ``best`` (keeping ``keep``, else an explicit --batch,
+    else 1) with the configured CLIP model; unchanged without --best. The rules are
+    /imagine's (:func:`bot.services.best_of.best_of_choice`), said in the CLI's terms."""
+    from click.core import ParameterSource
+
+    from bot.services.best_of import MAX_CANDIDATES, best_of_choice
+    from bot.services.parsing import Limits, ParseError
+
+    if best is None and keep is None:
+        return request
+    if best is not None and not settings.clip_model:
+        raise click.UsageError(
+            "--best needs a CLIP model to rank the candidates: set clip_model (a folder in "
+            "models/clip) in the configuration, or leave --best out."
+        )
+    asked: dict[str, Any] = {"best_of": best, "keep": keep}
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("batch") is ParameterSource.COMMANDLINE:
+        asked["count"] = request.batch_size
+    try:
+        chosen, kept = best_of_choice(
+            {k: v for k, v in asked.items() if v is not None},
+            {},
+            settings.clip_model,
+            Limits(max_count=MAX_CANDIDATES),
+        )
+    except ParseError as exc:
+        message = str(exc).replace("best_of", "--best").replace("keep ", "--keep ", 1)
+        raise click.UsageError(message) from None
+    return request.model_copy(
+        update={"best_of": chosen, "best_of_clip": settings.clip_model, "batch_size": kept}
+    )
+
+
+def _say_ranking(outputs) -> None:
+    """Every candidate's CLIP score, best first, on stderr (a best-of run only)."""
+    from bot.services.best_of import ranking_report
+
+    report = ranking_report(outputs)
+    if report is None:
+        return
+    scores = [float(s) for s in report.get("scores") or []]
+    kept = [int(i) for i in report.get("ranking") or []]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    parts = ", ".join(f"{'*' if i in kept else ''}image {i + 1} {scores[i]:.2f}" for i in order)
+    click.echo(
+        f"best {len(kept)} of {len(scores)} by CLIP {report.get('clip_name')}: {parts}", err=True
+    )
 
 
 def _given(request) -> dict[str, Any]:

@@ -12,9 +12,15 @@ import discord
 from bot.discord import context
 from bot.services.generation import Destination, Submission, base_size, request_from_generation
 from bot.services.moderation import Refused
+from bot.services.operator_workflows import (
+    PNG_RUN_PREFIX,
+    OperatorWorkflows,
+    is_workflow_template,
+)
 from bot.services.parsing import Limits, size_for_aspect
 from bot.services.request_builder import build_request
 from bot.services.uploads import store_input_image
+from runner.errors import TemplateError
 from runner.files import clean_filename
 from runner.images import sha256_bytes
 from runner.templates import GenerationRequest
@@ -195,9 +201,54 @@ class RequestBuilder:
         **changes: Any,
     ) -> Submission:
         """Reroll (new seed), variation (img2img of one image, low strength), upscale (a
-        hires img2img pass) or reuse-seed (``changes`` hold the new prompt)."""
+        hires img2img pass) or reuse-seed (``changes`` hold the new prompt). On an
+        operator workflow's result the workflow as it is now is applied again (its
+        roles, allow list and limits; see :meth:`_within_workflow`)."""
         limits = self.admit(interaction.user, interaction.guild_id)
         base = request_from_generation(generation)
+        submission = await self._button_submission(
+            limits, action, generation, base, index, **changes
+        )
+        await self._within_workflow(interaction.user, base, submission)
+        return submission
+
+    async def _within_workflow(
+        self, user: discord.abc.User, earlier: GenerationRequest, submission: Submission
+    ) -> None:
+        """Refuse, in words, a button's submission on an operator workflow's result that
+        the workflow no longer permits: the workflow was removed or cannot be read, the
+        member lacks its roles now, or the request goes beyond its allow list or limits
+        as they are now. PNG runs are refused once owners turn ``@easel run`` off."""
+        template = submission.request.template
+        if not is_workflow_template(template):
+            return
+        if template.startswith(PNG_RUN_PREFIX) and not getattr(
+            self.settings, "allow_run_from_png", True
+        ):
+            raise Refused("Running the workflow of an image is turned off on this bot.")
+        folder = OperatorWorkflows(self.settings, self.bot.env)
+        try:
+            workflow = await asyncio.to_thread(folder.for_template, template)
+        except TemplateError as exc:
+            raise Refused(f"The workflow of that result cannot be used now: {exc}.") from None
+        owner = user.id in self.settings.owner_set
+        if not workflow.usable_by(context.role_ids(user), owner=owner):
+            raise Refused(f"Workflow {workflow.name!r} is for members with certain roles only.")
+        problems = workflow.check_again(
+            submission.request, earlier, image=submission.init_image is not None
+        )
+        if problems:
+            raise Refused(f"Workflow {workflow.name!r}: {'; '.join(problems)}.")
+
+    async def _button_submission(
+        self,
+        limits: Limits,
+        action: str,
+        generation,
+        base: GenerationRequest,
+        index: int,
+        **changes: Any,
+    ) -> Submission:
         settings = self.settings
         if base.best_of is not None and not settings.clip_model:
             # The owner has since removed the CLIP model: make a plain image instead.

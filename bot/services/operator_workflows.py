@@ -238,7 +238,8 @@ class OperatorWorkflow:
 
     def check_request(self, request: GenerationRequest, *, image: bool = False) -> list[str]:
         """Every way ``request`` goes beyond this workflow: options members may not change
-        that differ from the workflow's values, steps or size over its limits."""
+        that differ from the workflow's values, an image where its allow list has none,
+        steps or size over its limits."""
         problems = []
         now = self.current()
         for option, name in REQUEST_FIELDS.items():
@@ -252,7 +253,9 @@ class OperatorWorkflow:
             and not self.allowed("seed")
         ):
             problems.append("seed cannot be changed in this workflow")
-        if image and not (self.allowed("image") or "image" not in self.bindings.options):
+        if image and self.allow is not None and "image" not in self.allow:
+            # An allow list without "image" refuses one, also where easel would add
+            # the LoadImage itself (a text-to-image workflow).
             problems.append("this workflow takes no image")
         if request.loras and len(request.loras) > len(self.bindings.loras):
             have = len(self.bindings.loras)
@@ -268,6 +271,27 @@ class OperatorWorkflow:
             problems.append(
                 f"size {request.width}x{request.height} is larger than this workflow's limit of {side}x{side}"
             )
+        return problems
+
+    def check_again(
+        self, request: GenerationRequest, earlier: GenerationRequest, *, image: bool = False
+    ) -> list[str]:
+        """Every way a result button's ``request`` (reroll, variation, upscale, reuse
+        seed) goes beyond this workflow as it is now, ``earlier`` being the request of
+        the result clicked: :meth:`check_request` (allow list, steps and size limits)
+        with two things a button does on its own let through: keeping the seed of an
+        earlier run of the workflow, and making fewer images than the result had (V, U).
+        A new prompt or negative is refused when members may no longer change it."""
+        checked = request.model_copy(update={"seed": None})
+        if request.batch_size < earlier.batch_size:
+            checked = checked.model_copy(update={"batch_size": earlier.batch_size})
+        problems = self.check_request(checked, image=image)
+        if (
+            request.prompt != earlier.prompt
+            and "prompt" in self.bindings.options
+            and not self.allowed("prompt")
+        ):
+            problems.insert(0, "prompt cannot be changed in this workflow")
         return problems
 
     def build(self, request: GenerationRequest) -> dict[str, Any]:
@@ -309,9 +333,8 @@ class OperatorWorkflow:
 # -- reading files -------------------------------------------------------------------------
 
 
-def _note_text(path: Path) -> str:
-    """The first Note node's text of a UI-format workflow file (JSON or PNG), or ''."""
-    data: Any = None
+def _ui_data(path: Path) -> dict[str, Any] | None:
+    """The UI-format workflow of a file (JSON, or a PNG's ``workflow`` chunk), or None."""
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -321,7 +344,38 @@ def _note_text(path: Path) -> str:
             text = image_workflow_text(path.read_bytes()).get("workflow")
             data = json.loads(text) if text else None
     except (OSError, ValueError):
-        return ""
+        return None
+    from runner.ui_format import is_ui_workflow
+
+    return data if is_ui_workflow(data) else None
+
+
+def _ui_model_problems(path: Path, env: Any) -> list[str]:
+    """The missing models of a UI-format file that cannot be converted (it uses node
+    types easel lacks): each node of a known type has its widget values read as that
+    type's inputs, and the model files they name are checked, so that a refusal names
+    them beside the unknown nodes."""
+    from runner.ui_format import MODE_BYPASS, MODE_NEVER, VIRTUAL_TYPES, map_widget_values
+
+    data = _ui_data(path)
+    graph: dict[str, Any] = {}
+    for node in (data or {}).get("nodes") or []:
+        if not isinstance(node, dict) or node.get("mode") in (MODE_NEVER, MODE_BYPASS):
+            continue
+        node_type = env.node_types.get(node.get("type"))
+        if node_type is None or node.get("type") in VIRTUAL_TYPES:
+            continue
+        try:
+            inputs = map_widget_values(node_type, node.get("widgets_values"))
+        except (TypeError, ValueError, WorkflowError):
+            continue
+        graph[str(node.get("id"))] = {"class_type": node["type"], "inputs": inputs}
+    return _model_problems(graph, env)
+
+
+def _note_text(path: Path) -> str:
+    """The first Note node's text of a UI-format workflow file (JSON or PNG), or ''."""
+    data = _ui_data(path)
     for node in (data or {}).get("nodes", []) if isinstance(data, dict) else []:
         if isinstance(node, dict) and node.get("type") in ("Note", "MarkdownNote"):
             values = node.get("widgets_values") or []
@@ -333,15 +387,23 @@ def _note_text(path: Path) -> str:
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A sidecar file's table; raises :class:`WorkflowError` naming a bad file."""
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise WorkflowError(f"sidecar {path.name} cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise WorkflowError(f"sidecar {path.name} must be a table of settings")
-    return data
+    return parse_sidecar(data, path.name)
+
+
+def parse_sidecar(data: bytes, filename: str) -> dict[str, Any]:
+    """The table of a sidecar's bytes: JSON when ``filename`` ends in ``.json``, else
+    TOML. Raises :class:`WorkflowError` naming the file and what is wrong."""
+    try:
+        text = data.decode("utf-8")
+        table = json.loads(text) if filename.lower().endswith(".json") else tomllib.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, TOMLDecodeError
+        raise WorkflowError(f"sidecar {filename} cannot be read: {exc}") from exc
+    if not isinstance(table, dict):
+        raise WorkflowError(f"sidecar {filename} must be a table of settings")
+    return table
 
 
 def bind_workflow(
@@ -420,8 +482,13 @@ def validation_problems(workflow: OperatorWorkflow, env: Any) -> list[str]:
 def _missing_models(workflow: OperatorWorkflow, env: Any) -> list[str]:
     """A sentence for each model file a node names that this machine does not have
     (checked on every node, also those validation does not reach past a bad node)."""
+    return _model_problems(workflow.graph, env)
+
+
+def _model_problems(graph: Mapping[str, Any], env: Any) -> list[str]:
+    """:func:`_missing_models` of an API-format graph."""
     out = []
-    for node_id, node in workflow.graph.items():
+    for node_id, node in graph.items():
         if not isinstance(node, dict):
             continue
         node_type = env.node_types.get(node.get("class_type"))
@@ -496,6 +563,10 @@ class OperatorWorkflows:
         sidecar_path = self._sidecar(name)
         try:
             graph = load_workflow(path, self.env.node_types)
+        except WorkflowError as exc:
+            models = _ui_model_problems(path, self.env)
+            raise WorkflowRejected(name, [str(exc), *models]) from exc
+        try:
             sidecar = read_sidecar(sidecar_path) if sidecar_path else {}
         except WorkflowError as exc:
             raise WorkflowRejected(name, [str(exc)]) from exc
@@ -561,7 +632,8 @@ class OperatorWorkflows:
             try:
                 graph = load_workflow(path, self.env.node_types)
             except WorkflowError as exc:
-                raise WorkflowRejected(name, [*problems, str(exc)]) from exc
+                models = _ui_model_problems(path, self.env)
+                raise WorkflowRejected(name, [*problems, str(exc), *models]) from exc
             description = _note_text(path)
         try:
             workflow = bind_workflow(
@@ -644,7 +716,8 @@ class OperatorWorkflows:
             try:
                 graph = load_workflow(path, self.env.node_types)
             except WorkflowError as exc:
-                raise WorkflowRejected("that image", [str(exc)]) from exc
+                models = _ui_model_problems(path, self.env)
+                raise WorkflowRejected("that image", [str(exc), *models]) from exc
         text = json.dumps(graph, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()
         workflow = bind_workflow(
@@ -714,6 +787,7 @@ __all__ = [
     "WorkflowRejected",
     "bind_workflow",
     "is_workflow_template",
+    "parse_sidecar",
     "read_sidecar",
     "validation_problems",
 ]

@@ -101,3 +101,44 @@ def test_generate_with_a_workflow_keeps_its_values(data_dir, tmp_path):
         assert im.size == (64, 64) and np.asarray(im).size
     unknown = easel("generate", "a fox", "--workflow", "nope")
     assert unknown.exit_code != 0 and "no workflow named 'nope'" in unknown.output
+
+
+def test_generate_best_of_keeps_what_clip_ranks_first(data_dir, make_env, monkeypatch):
+    from helpers.tiny_clip import RANKER, as_uint8, independent_scores, load_ranker, write_tiny_clip
+
+    from runner.workflow import apply_overrides, load_workflow
+
+    env = make_env()  # the same data folder as the CLI's
+    ranker = load_ranker(write_tiny_clip(env.settings.models_root))
+    assert easel("workflows", "add", str(INVERTED)).exit_code == 0
+    # No CLIP model configured: --best is refused, saying which setting it needs.
+    refused = easel("generate", "a lighthouse", "--workflow", "inverted", "--best", "3")
+    assert refused.exit_code == 2 and "clip_model" in refused.output, refused.output
+    monkeypatch.setenv("EASEL_CLIP_MODEL", RANKER)
+    for bad, said in (
+        (["--keep", "2"], "--keep only applies with --best"),
+        (["--best", "3", "--keep", "4"], "--keep 4 is more than the 3 candidates"),
+    ):
+        result = easel("generate", "a lighthouse", "--workflow", "inverted", *bad)
+        assert result.exit_code == 2 and said in result.output, result.output
+
+    made = easel(
+        "generate", "a lighthouse", "--workflow", "inverted", "--seed", "11", "--best", "3",
+        "--keep", "2",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    written = [Path(line) for line in made.stdout.split() if line.endswith(".png")]
+    # Independently: the workflow's 3 candidates (one batch, that seed), scored by the
+    # ranker loaded with transformers and its own image processor.
+    graph = apply_overrides(
+        load_workflow(INVERTED, env.node_types),
+        [("6", "text", "a lighthouse"), ("3", "seed", 11), ("5", "batch_size", 3)],
+    )
+    candidates = as_uint8(env.run(graph).values["10"][0])
+    scores = independent_scores(ranker, candidates, "a lighthouse", env.settings.cache_dir)
+    best = sorted(range(3), key=lambda i: -scores[i])[:2]
+    assert len(written) == 2
+    for path, index in zip(written, best, strict=True):
+        with Image.open(path) as im:
+            assert np.array_equal(np.asarray(im.convert("RGB")), candidates[index])
+    assert f"best 2 of 3 by CLIP {RANKER}: *image {best[0] + 1} " in made.stderr, made.stderr

@@ -138,6 +138,7 @@ def test_operator_workflow_from_discord_to_members_buttons_and_png_runs(
     )
     server.wait_for(lambda: "not added" in bad.last_text, 30, "the refusal")
     assert "CLIPTextEncodeDeluxe" in bad.last_text, bad.last_text
+    assert "checkpoint 'missing.safetensors' is not installed" in bad.last_text, bad.last_text
     assert not (bot.data_dir / "workflows").exists()
 
     # The owner adds the UI-format workflow: a confirmation lists bindings and needs.

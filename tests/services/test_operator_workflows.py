@@ -205,3 +205,49 @@ def test_a_png_graph_runs_again_with_the_same_pixels(folder, env):
 def test_other_templates_go_to_the_fallback(folder, env):
     request = GenerationRequest(prompt="p", seed=1).model_copy(update={"width": 64, "height": 64})
     assert folder.builder(env.build_workflow)(request) == env.build_workflow(request)
+
+
+def test_check_again_lets_a_buttons_own_changes_through_and_nothing_else(folder, env):
+    graph = load_workflow(INVERTED, env.node_types)
+    graph["5"]["inputs"]["batch_size"] = 2
+    sidecar = {"allow": ["negative"]}
+    workflow = folder.add(json.dumps(graph).encode(), "fixed.json", sidecar=sidecar)
+    now = workflow.current()
+    earlier = GenerationRequest(
+        prompt=now["prompt"],
+        seed=123,  # a seed an earlier run was given (members may not pick one)
+        template=workflow.template,
+        **{k: v for k, v in workflow.request_defaults().items() if k not in ("count", "strength")},
+        batch_size=2,
+    )
+    assert workflow.check_request(earlier) == ["seed cannot be changed in this workflow"]
+    # Reuse seed, one image of the two (V/U): what the button does itself passes.
+    one = earlier.model_copy(update={"batch_size": 1})
+    assert workflow.check_again(one, earlier) == []
+    # A new prompt, more images or an image (the allow list has none) do not.
+    assert workflow.check_again(earlier.model_copy(update={"prompt": "x"}), earlier) == [
+        "prompt cannot be changed in this workflow"
+    ]
+    assert workflow.check_again(earlier.model_copy(update={"batch_size": 3}), earlier) == [
+        "batch_size cannot be changed in this workflow"
+    ]
+    assert workflow.check_again(one, earlier, image=True) == ["this workflow takes no image"]
+
+
+def test_a_ui_file_with_unknown_nodes_names_its_missing_models_too(folder):
+    ui = json.loads(INVERTED.read_text())
+    ui["nodes"][0]["type"] = "CLIPTextEncodeDeluxe"
+    loader = next(n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    loader["widgets_values"] = ["missing.safetensors"]
+    with pytest.raises(WorkflowRejected) as err:
+        folder.check(json.dumps(ui).encode(), "broken.json")
+    text = "\n".join(err.value.problems)
+    assert "CLIPTextEncodeDeluxe" in text, text
+    assert "checkpoint 'missing.safetensors' is not installed" in text, text
+    # The same file already in the folder (put there by hand) reads the same.
+    folder.folder.mkdir(parents=True, exist_ok=True)
+    (folder.folder / "broken.json").write_text(json.dumps(ui))
+    (listed,) = folder.list()
+    assert isinstance(listed, WorkflowRejected)
+    assert any("'missing.safetensors' is not installed" in p for p in listed.problems)
+    assert any("CLIPTextEncodeDeluxe" in p for p in listed.problems)

@@ -20,11 +20,13 @@ from bot.discord.status import MessageStatus
 from bot.discord.views import ConfirmView
 from bot.services.generation import Submission
 from bot.services.moderation import Refused
-from bot.services.operator_workflows import UnknownWorkflow, WorkflowRejected
+from bot.services.operator_workflows import UnknownWorkflow, WorkflowRejected, parse_sidecar
+from runner.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 
 WORKFLOW_SUFFIXES = (".json", ".png", ".webp")
+SIDECAR_SUFFIXES = (".toml", ".json")
 
 
 def install_builder(bot) -> None:
@@ -77,12 +79,14 @@ class WorkflowsCog(commands.Cog):
     @app_commands.describe(
         file="A ComfyUI workflow: API or UI JSON, or a PNG that carries one",
         name="Its name (default: the file name)",
+        sidecar="Optional settings for it (TOML or JSON): bindings, allow, limits, roles",
     )
     async def add(
         self,
         interaction: discord.Interaction,
         file: discord.Attachment,
         name: app_commands.Range[str, 1, 64] | None = None,
+        sidecar: discord.Attachment | None = None,
     ) -> None:
         """Owners: add or replace a workflow (shows its bindings and asks first)."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -93,9 +97,22 @@ class WorkflowsCog(commands.Cog):
         async with reported(interaction) as attempt:
             if not file.filename.lower().endswith(WORKFLOW_SUFFIXES):
                 raise Refused(f"{file.filename} is not a .json or .png workflow file.")
+            if sidecar is not None and not sidecar.filename.lower().endswith(SIDECAR_SUFFIXES):
+                raise Refused(f"{sidecar.filename} is not a .toml or .json sidecar file.")
             data = await self.bot.requests.read_attachment(file)
+            table = None
+            if sidecar is not None:
+                raw = await self.bot.requests.read_attachment(sidecar)
+                try:
+                    table = parse_sidecar(raw, sidecar.filename)
+                except WorkflowError as exc:
+                    guess = Path(file.filename).stem if name is None else name
+                    await say(interaction, texts.refused_text(WorkflowRejected(guess, [str(exc)])))
+                    return
             try:
-                workflow = await asyncio.to_thread(folder.check, data, file.filename, name=name)
+                workflow = await asyncio.to_thread(
+                    folder.check, data, file.filename, name=name, sidecar=table
+                )
             except WorkflowRejected as exc:
                 await say(interaction, texts.refused_text(exc))
                 return
@@ -104,7 +121,8 @@ class WorkflowsCog(commands.Cog):
         replacing = workflow.name in folder.names()
         view = ConfirmView(interaction.user.id, label="Replace" if replacing else "Confirm")
         await interaction.edit_original_response(
-            content=texts.confirm_text(workflow, replacing), view=view
+            content=texts.confirm_text(workflow, replacing, sidecar=sidecar and sidecar.filename),
+            view=view,
         )
         await view.wait()
         if not view.value:
@@ -115,7 +133,12 @@ class WorkflowsCog(commands.Cog):
         suffix = Path(file.filename).suffix.lower()
         try:
             stored = await asyncio.to_thread(
-                folder.add, data, f"upload{suffix}", name=workflow.name, replace=True
+                folder.add,
+                data,
+                f"upload{suffix}",
+                name=workflow.name,
+                sidecar=table,
+                replace=True,
             )
         except WorkflowRejected as exc:
             await interaction.edit_original_response(content=texts.refused_text(exc), view=None)

@@ -18,13 +18,18 @@ def clip(lines: list[str], limit: int = 1800) -> str:
     return "\n".join(out)
 
 
-def confirm_text(workflow, replacing: bool) -> str:
-    """The question before storing a workflow: what it binds and needs."""
+def confirm_text(workflow, replacing: bool, *, sidecar: str | None = None) -> str:
+    """The question before storing a workflow: what it binds (with ``sidecar``'s
+    settings applied, when one came with it) and needs."""
     head = (
         f"Replace workflow **{workflow.name}** with this one?"
         if replacing
         else f"Add workflow **{workflow.name}**?"
     )
+    if sidecar:
+        head += f" (with the settings of {sidecar})"
+    if workflow.description:
+        head += f"\n{workflow.description}"
     body = workflow.describe()[1:]
     return head + "\n```\n" + clip(body) + "\n```"
 
