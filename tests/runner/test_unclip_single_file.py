@@ -165,3 +165,34 @@ def test_openclip_tower_with_unknown_parts_is_refused():
     sd["visual.attn_pool.query"] = torch.zeros(4, 64)
     with pytest.raises(ModelError, match="visual.attn_pool.query"):
         clip_vision_from_state_dict(sd)
+
+
+def test_a_ckpt_with_its_yaml_sidecar_loads_when_pickles_are_allowed(pipe, tmp_path, cache_folder):
+    # The released form: sd21-unclip-h.ckpt (a Lightning state_dict) with the
+    # v2-1-stable-unclip-h-inference.yaml saying parameterization "v", read through the
+    # restricted unpickler into a safetensors copy.
+    from runner.environment import Environment
+    from runner.settings import EngineSettings
+    from tests.helpers.tiny_gaps12 import unclip_original_state_dict
+
+    ckpts = tmp_path / "models" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"state_dict": unclip_original_state_dict(pipe), "global_step": 1}, ckpts / "u.ckpt")
+    (ckpts / "u.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    sd2_configs_only(pipe, ckpts / "u.config")
+    env = Environment(
+        EngineSettings(
+            data_dir=tmp_path / "data",
+            cache_folder=cache_folder,
+            models_dir=tmp_path / "models",
+            allow_pickle_weights=True,
+        )
+    )
+    try:
+        loaded = env.models.checkpoint("u.ckpt")
+        assert type(loaded.pipe).__name__ == "StableUnCLIPImg2ImgPipeline"
+        assert loaded.family == "sd2-v"
+        w = loaded.pipe.unet.class_embedding.linear_1.weight
+        assert torch.equal(w, pipe.unet.class_embedding.linear_1.weight)
+    finally:
+        env.close()
