@@ -20,6 +20,11 @@ MAX_PIXELS = 64 * 1024 * 1024  # 8192 x 8192
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 
 
+NO_ALPHA_MASK_SIZE = (64, 64)
+"""``(height, width)`` of the all-zero MASK LoadImage gives for an image without alpha
+(ComfyUI's ``LoadImage``)."""
+
+
 class BadImage(EaselError):
     """An image file that is not an image, is too large, or is in a format easel refuses."""
 
@@ -79,15 +84,17 @@ def open_image(
 
 
 def pil_to_tensor(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """(IMAGE ``[1, H, W, 3]`` in 0..1, MASK ``[1, H, W]``) as ComfyUI's LoadImage gives them:
-    the mask is 1 where the image is transparent."""
+    """(IMAGE ``[1, H, W, 3]`` in 0..1, MASK) as ComfyUI's LoadImage gives them: the mask
+    is ``[1, H, W]``, 1 where the image is transparent; an image without alpha gets
+    :data:`NO_ALPHA_MASK_SIZE` zeros (``[1, 64, 64]``, ComfyUI's placeholder, whatever the
+    image's size: every mask consumer resizes its mask to what it masks)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(rgb.copy())[None]
     if "A" in image.getbands():
         alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
         mask = 1.0 - torch.from_numpy(alpha.copy())[None]
     else:
-        mask = torch.zeros((1, image.height, image.width), dtype=torch.float32)
+        mask = torch.zeros((1, *NO_ALPHA_MASK_SIZE), dtype=torch.float32)
     return tensor, mask
 
 

@@ -12,7 +12,7 @@ cached and shared between jobs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,9 @@ class NodeType:
     least one. ``is_changed`` returns a value that joins the cache key, for nodes whose
     result depends on something outside their inputs (a file's content). ``validate``
     checks combinations of literal inputs and returns ``(input_name, message)`` pairs.
+    ``validate_graph`` does the same with the whole workflow (API format) as its second
+    argument, for inputs that refer to other nodes (SaveImage's ``%Node.widget%`` tokens);
+    both run before anything executes and report ``custom_validation_failed``.
     """
 
     name: str
@@ -105,6 +108,9 @@ class NodeType:
     description: str = ""
     is_changed: Callable[..., Any] | None = None
     validate: Callable[[dict[str, Any]], Iterable[tuple[str, str]]] | None = None
+    validate_graph: (
+        Callable[[dict[str, Any], Mapping[str, Any]], Iterable[tuple[str, str]]] | None
+    ) = None
     plugin: str = field(default="", compare=False)
 
     def input(self, name: str) -> Input | None:
@@ -138,6 +144,9 @@ def node(
     category: str = "",
     is_changed: Callable[..., Any] | None = None,
     validate: Callable[[dict[str, Any]], Iterable[tuple[str, str]]] | None = None,
+    validate_graph: (
+        Callable[[dict[str, Any], Mapping[str, Any]], Iterable[tuple[str, str]]] | None
+    ) = None,
 ) -> Callable[[Callable[..., tuple]], NodeType]:
     """Decorator turning a function into a :class:`NodeType`; its docstring describes it."""
 
@@ -153,6 +162,7 @@ def node(
             description=(fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
             is_changed=is_changed,
             validate=validate,
+            validate_graph=validate_graph,
         )
 
     return wrap

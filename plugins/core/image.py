@@ -130,6 +130,19 @@ def _check_prefix(filename_prefix: str, env) -> str | None:
     return prefix_problem(expanded.replace("%batch_num%", "0"), env.settings.output_dir)
 
 
+def _check_prefix_nodes(literals: dict[str, Any], workflow: Any) -> list[tuple[str, str]]:
+    """Before the run, with the whole workflow: every ``%Node.widget%`` token names a
+    node's literal input (else saving would fail only after sampling)."""
+    prefix = literals.get("filename_prefix")
+    if not isinstance(prefix, str) or not isinstance(workflow, dict):
+        return []
+    try:
+        expand_prefix(prefix, workflow=workflow, width=None, height=None)
+    except ValueError as exc:
+        return [("filename_prefix", str(exc))]
+    return []
+
+
 def _target(
     ctx: NodeContext, images: torch.Tensor, filename_prefix: str, folder: Path
 ) -> tuple[Path, str, str]:
@@ -175,6 +188,7 @@ def _save(
     ],
     outputs=(),
     output_node=True,
+    validate_graph=_check_prefix_nodes,
     category="image",
 )
 def save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str):
@@ -229,6 +243,7 @@ def _frame_ms(fps: float) -> int:
     ],
     outputs=(),
     output_node=True,
+    validate_graph=_check_prefix_nodes,
     category="image/animation",
 )
 def save_animated_webp(
@@ -278,6 +293,7 @@ def save_animated_webp(
     ],
     outputs=(),
     output_node=True,
+    validate_graph=_check_prefix_nodes,
     category="image/animation",
 )
 def save_animated_png(

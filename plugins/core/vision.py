@@ -71,8 +71,8 @@ def _stamp(resolve, input_name: str):
     is_changed=_stamp(clip_vision.clip_vision_path, "clip_name"),
 )
 def clip_vision_loader(ctx: NodeContext, clip_name: str):
-    """Loads a CLIP image encoder from models/clip_vision (Hugging Face key layout, one
-    file or a folder with config.json)."""
+    """Loads a CLIP image encoder from models/clip_vision (one file in Hugging Face's or
+    OpenCLIP's key layout, or a folder with config.json)."""
     return (clip_vision.load_named(ctx.env.models, clip_name),)
 
 
@@ -111,8 +111,9 @@ def clip_vision_encode(ctx: NodeContext, clip_vision, image, crop: str):
     category="loaders",
 )
 def unclip_checkpoint_loader(ctx: NodeContext, ckpt_name: str):
-    """Loads an unCLIP checkpoint (Stable Diffusion 2.1 unCLIP, a diffusers folder with an
-    image_encoder) and gives its model, text encoder, VAE and CLIP image encoder."""
+    """Loads an unCLIP checkpoint (Stable Diffusion 2.1 unCLIP: a single file such as
+    sd21-unclip-h.safetensors, or a diffusers folder with an image_encoder) and gives its
+    model, text encoder, VAE and CLIP image encoder."""
     checkpoint = ctx.env.models.checkpoint(ckpt_name)
     if getattr(checkpoint.pipe, "image_encoder", None) is None:
         raise ValueError(

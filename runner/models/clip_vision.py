@@ -7,6 +7,11 @@ Layouts accepted (:func:`load_clip_vision`):
   ``vision_model.encoder.layers.N.*``, ``visual_projection.weight``), as ComfyUI's
   ``clip_vision`` files are shared; ``.safetensors``, or a pickle (operator's files only)
   through the restricted unpickler;
+- a single file in **OpenCLIP's / OpenAI CLIP's layout** (``visual.conv1.weight``,
+  ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``visual.proj``...), also under a
+  longer prefix such as an SD 2.1 unCLIP checkpoint's ``embedder.model.visual.``: converted
+  by :func:`openclip_visual_to_hf` (the fused attention projection split into query, key
+  and value; ``proj`` transposed into ``visual_projection``);
 - a **folder** with ``config.json`` and the weights (``save_pretrained``'s layout).
 
 A single file carries no config, so the architecture is read off the tensor shapes: width
@@ -143,10 +148,70 @@ class ClipVisionHandle:
 
 # -- reading files ------------------------------------------------------------------------
 
+_OPEN_CLIP_TOP = {
+    "class_embedding": "embeddings.class_embedding",
+    "conv1.weight": "embeddings.patch_embedding.weight",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_pre.weight": "pre_layrnorm.weight",
+    "ln_pre.bias": "pre_layrnorm.bias",
+    "ln_post.weight": "post_layernorm.weight",
+    "ln_post.bias": "post_layernorm.bias",
+}
+_OPEN_CLIP_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_OPEN_CLIP_MARK = "transformer.resblocks.0.attn.in_proj_weight"
+_BLOCK_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)")
+_IN_PROJ_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)")
+
+
+def openclip_visual_prefix(keys) -> str | None:
+    """The prefix of an OpenCLIP-layout image tower among ``keys`` (``"visual."``,
+    ``"embedder.model.visual."``...), or None when there is none."""
+    for key in keys:
+        if key.endswith("visual." + _OPEN_CLIP_MARK):
+            return key[: -len(_OPEN_CLIP_MARK)]
+    return None
+
+
+def openclip_visual_to_hf(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The image tower under ``prefix`` (OpenCLIP's ``VisionTransformer`` names, which
+    OpenAI's CLIP shares) in ``CLIPVisionModelWithProjection``'s names. Keys outside
+    ``prefix`` are left out; a key under it with no counterpart (an attention-pooling or
+    layer-scale tower, which HF CLIP does not have) is a ModelError naming it."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix) :]
+        if rest in _OPEN_CLIP_TOP:
+            out[_PREFIX + _OPEN_CLIP_TOP[rest]] = value
+        elif rest == "proj":
+            out["visual_projection.weight"] = value.t().contiguous()
+        elif m := _IN_PROJ_KEY.fullmatch(rest):
+            layer, kind = m.groups()
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, 0), strict=True):
+                out[f"{_PREFIX}encoder.layers.{layer}.self_attn.{name}.{kind}"] = part.contiguous()
+        elif (m := _BLOCK_KEY.fullmatch(rest)) and m[2] in _OPEN_CLIP_BLOCK:
+            out[f"{_PREFIX}encoder.layers.{m[1]}.{_OPEN_CLIP_BLOCK[m[2]]}.{m[3]}"] = value
+        else:
+            raise ModelError(
+                f"OpenCLIP image tower key {key!r} has no counterpart in a CLIP ViT "
+                "(CLIPVisionModelWithProjection): this encoder's architecture is not supported"
+            )
+    return out
+
 
 def _strip(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF keys, also when the file nests them under one more prefix (``clip_vision.``,
-    ``image_encoder.``)."""
+    ``image_encoder.``) or is in OpenCLIP's layout (:func:`openclip_visual_to_hf`)."""
+    open_prefix = openclip_visual_prefix(sd)
+    if open_prefix is not None:
+        return openclip_visual_to_hf(sd, open_prefix)
     if any(k.startswith(_PREFIX) for k in sd):
         return dict(sd)
     for key in sd:

@@ -16,11 +16,15 @@ fits both SD2 variants).
 **Checkpoint files** (:func:`family_of_keys`, header only; :func:`inspect_checkpoint` /
 :func:`family_of_checkpoint` also settle SD2's prediction type). Refused, with a
 :class:`~runner.errors.ModelError` naming the file: SDXL refiners, instruct-pix2pix (8
-input channels), the x4 upscaler (7), unCLIP, ControlNets, LoRAs /
+input channels), the x4 upscaler (7), class-label variants without an image encoder,
+ControlNets, LoRAs /
 LyCORIS and textual-inversion embeddings passed as a checkpoint, lone VAEs / UNets / text
 encoders, diffusers-format component files, and other architectures (SD3, Flux, ...).
 Inpainting models (9 UNet input channels: latent, mask, masked image) of each family load
-like the others (:attr:`CheckpointInfo.unet_in_channels` says which).
+like the others (:attr:`CheckpointInfo.unet_in_channels` says which). SD 2.1 unCLIP files
+(an SD2 checkpoint with a UNet ``label_emb`` and its image encoder under
+``embedder.model.visual.``, :func:`is_unclip_keys`) are ``sd2`` / ``sd2-v`` with
+:attr:`CheckpointInfo.unclip` set.
 
 **SD2 epsilon (512 px) or v-prediction (768 px)?** First match wins:
 
@@ -205,10 +209,11 @@ def family_of_keys(
             f"{name}: this is {what}, based on {kind}. easel loads text-to-image checkpoints "
             f"(4 input channels) and inpainting ones (9) only"
         )
-    if has_label_emb and kind != "sdxl":
+    if has_label_emb and kind != "sdxl" and not (kind == "sd2" and is_unclip_keys(keys)):
         raise ModelError(
-            f"{name}: this {kind} checkpoint has a class-label embedding (label_emb): an unCLIP "
-            f"or other image-conditioned variant, which easel does not load"
+            f"{name}: this {kind} checkpoint has a class-label embedding (label_emb) but no "
+            f"CLIP image encoder ({L.UNCLIP_VISUAL}*): an image-conditioned variant easel "
+            f"does not load (SD 2.1 unCLIP files load with their image encoder)"
         )
     if kind == "sdxl":
         if not L.has_prefix(keys, L.SGM_0_CLIP):
@@ -231,6 +236,12 @@ def family_of_keys(
     return kind
 
 
+def is_unclip_keys(keys: Sequence[str] | Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's keys are an SD 2.1 unCLIP file's: a UNet ``label_emb`` and
+    the image encoder under ``embedder.model.visual.`` (:mod:`runner.models.layout`)."""
+    return L.LABEL_EMB in keys and L.has_prefix(list(keys), L.UNCLIP_VISUAL)
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What :func:`inspect_checkpoint` found out about a single-file checkpoint."""
@@ -245,6 +256,8 @@ class CheckpointInfo:
     """How the prediction type was decided, for logs and ``easel doctor``."""
     unet_in_channels: int = 4
     """4 for a text-to-image model, 9 for an inpainting one (:data:`INPAINT_CHANNELS`)."""
+    unclip: bool = False
+    """An SD 2.1 unCLIP file (:func:`is_unclip_keys`): its UNet takes image embeds."""
 
 
 def _yaml_parameterization(path: Path) -> str | None:
@@ -313,6 +326,7 @@ def inspect_checkpoint(
         zero_terminal_snr=ztsnr,
         evidence=evidence,
         unet_in_channels=unet_in_channels(keys),
+        unclip=family.startswith("sd2") and is_unclip_keys(keys),
     )
 
 
@@ -506,6 +520,7 @@ __all__ = [
     "inspect_checkpoint",
     "is_sdxl_refiner",
     "is_sdxl_refiner_folder",
+    "is_unclip_keys",
     "lora_family",
     "native_size",
 ]

@@ -12,6 +12,10 @@ family     checkpoint keys
 ``sd2-v``  SD2 768 px v-prediction: the same keys as ``sd2``
 ``sdxl``   ``conditioner.embedders.0.transformer.*`` (CLIP ViT-L) and
            ``conditioner.embedders.1.model.*`` (OpenCLIP ViT-bigG), UNet ``label_emb``
+unCLIP     an SD2 file plus the UNet's ``label_emb`` (the image-embed projection),
+           the image tower ``embedder.model.visual.*`` (OpenCLIP ViT-H for
+           ``sd21-unclip-h``, OpenAI CLIP ViT-L for ``-l``) and the noise augmentor's
+           schedule ``noise_augmentor.*`` (``betas``, ``alphas_cumprod``...)
 =========  ===================================================================
 
 :func:`describe_other` names what a file that is not such a checkpoint is instead. The
@@ -34,6 +38,8 @@ SGM_0_CLIP = "conditioner.embedders.0.transformer."
 SGM_0_OPEN = "conditioner.embedders.0.model."
 SGM_1_OPEN = "conditioner.embedders.1.model."
 CLIP_POS = "text_model.embeddings.position_embedding.weight"
+UNCLIP_VISUAL = "embedder.model.visual."
+NOISE_AUGMENTOR = "noise_augmentor."
 
 LORA_KEY_IN_CHECKPOINT = re.compile(
     r"(^lora_(unet|te\d?)_)|(\.lora_(down|up|A|B|mid)\.)|(\.(hada|lokr)_w)|(^lycoris_)|(\.oft_)|(\.alpha$)"

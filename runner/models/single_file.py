@@ -17,6 +17,17 @@ and read by ComfyUI and A1111. The pieces live in their own modules:
 ``tokenizer*/tokenizer_config.json``; a config folder whose tokenizer folder holds its own
 vocabulary (``vocab.json`` or ``tokenizer.json``) keeps it.
 
+**unCLIP** (SD 2.1 unCLIP, ``sd21-unclip-h`` / ``-l``; :attr:`CheckpointInfo.unclip
+<runner.models.families.CheckpointInfo.unclip>`): the SD2 parts load as for any SD2 file,
+the UNet with a projection class embedding as wide as ``label_emb`` takes; the image
+encoder is built from ``embedder.model.visual.*`` (:func:`runner.models.clip_vision.
+clip_vision_from_state_dict`: OpenCLIP's layout converted, the architecture read off the
+shapes); the image-embed noising schedule from ``noise_augmentor.betas`` (SD 2.1 unCLIP's
+1000-step squaredcos schedule when absent); the normaliser from ``noise_augmentor.
+data_mean`` / ``data_std`` when the file has them, else the identity (the released files
+do not carry them: they are non-persistent buffers, so ComfyUI uses the identity as well).
+The result is a ``StableUnCLIPImg2ImgPipeline``, as the diffusers-folder version loads.
+
 **Safety.** Only ``.safetensors`` files are read. ``.ckpt``, ``.pt``, ``.pth``, ``.bin``,
 ``.pkl`` and ``.pickle`` files are refused with :class:`~runner.errors.UnsafeFileError`
 before they are opened (pickle can run code), and so is a pickle or zip file renamed to
@@ -40,7 +51,7 @@ from runner.models.configs import (
     scheduler_with,
 )
 from runner.models.families import FAMILIES, inspect_checkpoint, read_json
-from runner.models.layout import CLIP_L, CLIP_POS
+from runner.models.layout import CLIP_L, CLIP_POS, LABEL_EMB, NOISE_AUGMENTOR, UNCLIP_VISUAL
 from runner.models.tokenizer import EOS_TOKEN, load_clip_tokenizer
 
 if TYPE_CHECKING:
@@ -79,6 +90,76 @@ def _load_unprefixed_clip(path: Path, config_dir: Path, torch_dtype: Any) -> Any
     return model.eval()
 
 
+def _unclip_unet(path: Path, config_dir: Path, info: Any, header: Any, torch_dtype: Any) -> Any:
+    """The unCLIP UNet: the config folder's UNet with a projection class embedding as wide
+    as the file's ``label_emb`` input (diffusers then converts ``label_emb`` into it)."""
+    from diffusers import UNet2DConditionModel
+
+    width = int(header.shapes[LABEL_EMB][1])
+    return UNet2DConditionModel.from_single_file(
+        str(path),
+        config=str(config_dir),
+        subfolder="unet",
+        local_files_only=True,
+        torch_dtype=torch_dtype,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=width,
+        in_channels=info.unet_in_channels,
+    )
+
+
+def _unclip_pipeline(path: Path, pipe: Any, torch_dtype: Any) -> Any:
+    """``pipe``'s parts with the file's image encoder, normaliser and noising schedule, as
+    a ``StableUnCLIPImg2ImgPipeline`` (see the module docstring)."""
+    import torch
+    from diffusers import DDPMScheduler, StableUnCLIPImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
+    from safetensors import safe_open
+    from transformers import CLIPImageProcessor
+
+    from runner.models.clip_vision import clip_vision_from_state_dict
+
+    visual: dict[str, Any] = {}
+    augmentor: dict[str, Any] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            if key.startswith(UNCLIP_VISUAL):
+                visual[key] = fh.get_tensor(key)
+            elif key.startswith(NOISE_AUGMENTOR):
+                augmentor[key[len(NOISE_AUGMENTOR) :]] = fh.get_tensor(key)
+    try:
+        encoder = clip_vision_from_state_dict(visual, dtype=torch_dtype or torch.float32)
+    except ModelError as exc:
+        raise ModelError(f"{path}: the unCLIP image encoder cannot be loaded: {exc}") from exc
+    dim = int(encoder.config.projection_dim)
+    normalizer = StableUnCLIPImageNormalizer(embedding_dim=dim)
+    with torch.no_grad():
+        for name, target in (("data_mean", normalizer.mean), ("data_std", normalizer.std)):
+            if name in augmentor:
+                target.copy_(augmentor[name].reshape(1, dim))
+    betas = augmentor.get("betas")
+    if betas is not None:
+        noising = DDPMScheduler(
+            num_train_timesteps=int(betas.numel()), trained_betas=betas.double().tolist()
+        )
+    else:
+        noising = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    size = int(encoder.config.image_size)
+    return StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(size=size, crop_size=size),
+        image_encoder=encoder,
+        image_normalizer=normalizer.to(torch_dtype=torch_dtype or torch.float32),
+        image_noising_scheduler=noising,
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        vae=pipe.vae,
+    )
+
+
 def _check_materialised(pipe: Any, path: Path, config_dir: Path) -> None:
     """diffusers leaves tensors the checkpoint lacks on the 'meta' device; refuse those."""
     import torch
@@ -110,7 +191,8 @@ def load_single_file(
 
     Returns the pipeline (a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
     without safety checker, on the CPU, in ``torch_dtype``; an inpainting file's UNet has
-    its 9 input channels whatever the config folder says) and the family (``sd1``,
+    its 9 input channels whatever the config folder says; an unCLIP file gives a
+    ``StableUnCLIPImg2ImgPipeline``) and the family (``sd1``,
     ``sd2``, ``sd2-v`` or ``sdxl``). ``cache_dir`` holds the generated CLIP tokenizer files.
     The diffusers config folder is ``config_override_dir``, else ``<stem>.config/`` next to
     the file, else the shipped one for the family (see the module docstring).
@@ -163,6 +245,15 @@ def load_single_file(
     config_in = read_json(config_dir / "unet" / "config.json").get("in_channels", 4)
     if info.unet_in_channels != config_in:
         kwargs["num_in_channels"] = info.unet_in_channels
+    if info.unclip:
+        try:
+            kwargs["unet"] = _unclip_unet(path, config_dir, info, header, torch_dtype)
+        except Exception as exc:
+            raise ModelError(
+                f"{path}: cannot load the unCLIP UNet with the configs in {config_dir}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        kwargs.pop("num_in_channels", None)
 
     if (
         family == "sd1"
@@ -195,5 +286,7 @@ def load_single_file(
         raise ModelError(
             f"{path}: cannot load it as {family} with the configs in {config_dir}; {hint}. {text}"
         ) from exc
+    if info.unclip:
+        pipe = _unclip_pipeline(path, pipe, torch_dtype)
     _check_materialised(pipe, path, config_dir)
     return pipe, family

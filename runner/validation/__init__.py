@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from runner.nodes import NodeType
-from runner.validation.graph import _ancestors, _cycles, _id_order
+from runner.validation.graph import _ancestors, _cycles, _graph_issues, _id_order
 from runner.validation.issues import (
     ERROR_TYPES,
     ResolvedNode,
@@ -147,6 +147,8 @@ def validate(
         node_issues, resolved = _check_node(
             node_id, node_type, inputs_of[node_id], present, known, env
         )
+        if not node_issues:
+            node_issues = _graph_issues(node_id, resolved, workflow)
         issues.extend(node_issues)
         if not node_issues:
             nodes[node_id] = resolved

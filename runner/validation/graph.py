@@ -2,7 +2,8 @@
 
 ``_id_order`` sorts node ids as ComfyUI does (numbers first), ``_ancestors`` finds the
 nodes an output depends on, ``_check_link`` checks one ``[node_id, output_index]`` link and
-``_cycles`` finds dependency cycles among resolved nodes.
+``_cycles`` finds dependency cycles among resolved nodes, and ``_graph_issues`` runs a
+node type's ``validate_graph`` (checks of literal inputs against the whole workflow).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from runner import types as T
 from runner.nodes import Input, NodeType
-from runner.validation.issues import ResolvedNode, _short
+from runner.validation.issues import ResolvedNode, ValidationIssue, _short
 
 
 def _id_order(node_id: str) -> tuple[int, int | str]:
@@ -143,3 +144,28 @@ def _cycles(nodes: dict[str, ResolvedNode]) -> list[list[str]]:
                 path.pop()
                 stack.pop()
     return found
+
+
+def _graph_issues(
+    node_id: str, resolved: ResolvedNode, workflow: dict[str, Any]
+) -> list[ValidationIssue]:
+    """``custom_validation_failed`` issues from the node type's ``validate_graph`` (its
+    literal inputs and the whole workflow); none when it has no such check."""
+    node_type = resolved.node_type
+    if node_type.validate_graph is None:
+        return []
+    try:
+        problems = list(node_type.validate_graph(dict(resolved.literals), workflow))
+    except Exception as exc:  # a plugin's check must not break validation
+        problems = [(None, f"could not check the inputs: {type(exc).__name__}: {exc}")]
+    return [
+        ValidationIssue(
+            "custom_validation_failed",
+            message,
+            node_id,
+            node_type.name,
+            input_name,
+            resolved.literals.get(input_name) if input_name else None,
+        )
+        for input_name, message in problems
+    ]

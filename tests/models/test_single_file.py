@@ -425,7 +425,8 @@ def test_detect_family_from_keys_and_shapes(
     [
         (REFINER, "refiner"),
         ({**SD1, U + "input_blocks.0.0.weight": (320, 8, 3, 3)}, "pix2pix"),
-        ({**SD2, U + "label_emb.0.0.weight": (1280, 1024)}, "unCLIP"),
+        # A class-label SD2 without its image encoder (an unCLIP file has embedder.model.visual.*).
+        ({**SD2, U + "label_emb.0.0.weight": (1280, 1024)}, "no CLIP image encoder"),
         (
             {
                 "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320),
@@ -464,6 +465,25 @@ def test_detect_family_refuses_other_kinds(shapes: dict[str, tuple[int, ...]], m
     with pytest.raises(ModelError, match=match) as err:
         detect_family(shapes, source="odd-model.safetensors")
     assert "odd-model.safetensors" in str(err.value)
+
+
+UNCLIP_H = {
+    **SD2,
+    U + "label_emb.0.0.weight": (1280, 2048),
+    "embedder.model.visual.conv1.weight": (1280, 3, 14, 14),
+    "embedder.model.visual.transformer.resblocks.0.attn.in_proj_weight": (3840, 1280),
+    "noise_augmentor.betas": (1000,),
+}
+
+
+def test_sd21_unclip_is_detected_not_refused(tmp_path: Path) -> None:
+    # Single-file unCLIP loads (tests/runner/test_unclip_single_file.py loads a tiny one
+    # through the real loader); the header says so.
+    assert detect_family(UNCLIP_H, source="sd21-unclip-h.safetensors") == "sd2"
+    path = _fake_file(tmp_path / "sd21-unclip-h.safetensors", UNCLIP_H)
+    info = inspect_checkpoint(path, read_tensors=False)
+    assert info.unclip and info.family == "sd2"
+    assert not inspect_checkpoint(_fake_file(tmp_path / "plain.safetensors", SD2)).unclip
 
 
 def _fake_file(path: Path, shapes: dict[str, tuple[int, ...]], **kwargs: Any) -> Path:

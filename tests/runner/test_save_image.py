@@ -220,11 +220,48 @@ def test_bad_tokens_are_refused_before_anything_runs(env, prefix, needle):
     assert not env.settings.output_dir.exists() or not any(env.settings.output_dir.rglob("*"))
 
 
-def test_a_token_naming_no_node_fails_the_save_with_its_name(env):
-    workflow = with_inputs(txt2img_workflow(env, steps=2), "9", filename_prefix="%Nobody.seed%")
-    with pytest.raises(NodeExecutionError) as caught:
+@pytest.mark.parametrize(
+    ("prefix", "needle"),
+    [
+        ("%Nobody.seed%", "no node with id, title or type 'Nobody'"),
+        ("%KSampler.nothing%", "has no input 'nothing'"),
+        ("%3.model%", "is a link, not a value"),
+    ],
+)
+def test_a_token_naming_no_node_input_is_refused_before_anything_runs(env, prefix, needle):
+    # Caught by validation (the whole workflow is known then), not after sampling.
+    workflow = with_inputs(txt2img_workflow(env, steps=2), "9", filename_prefix=prefix)
+    events = []
+    with pytest.raises(WorkflowInvalid) as caught:
+        env.run(workflow, on_event=events.append)
+    (issue,) = caught.value.issues
+    assert issue.type == "custom_validation_failed"
+    assert (issue.node_id, issue.input_name, issue.value) == ("9", "filename_prefix", prefix)
+    assert needle in issue.message and prefix in issue.message
+    assert not any(e.type == "node_started" for e in events)
+
+
+def test_animated_savers_check_node_tokens_before_running(env):
+    workflow = txt2img_workflow(env, steps=2)
+    workflow["9"] = {
+        "class_type": "SaveAnimatedPNG",
+        "inputs": {
+            "images": ["8", 0],
+            "filename_prefix": "a_%Nobody.seed%",
+            "fps": 6.0,
+            "compress_level": 4,
+        },
+    }
+    with pytest.raises(WorkflowInvalid, match="Nobody"):
         env.run(workflow)
-    assert caught.value.node_id == "9" and "%Nobody.seed%" in caught.value.message
+
+
+def test_a_token_naming_a_title_passes_validation(env):
+    workflow = txt2img_workflow(env, steps=2)
+    workflow["3"]["_meta"] = {"title": "Main"}
+    workflow["9"]["inputs"]["filename_prefix"] = "t_%Main.seed%"
+    (image,) = env.run(workflow).outputs["9"]["images"]
+    assert image["filename"].startswith(f"t_{workflow['3']['inputs']['seed']}_")
 
 
 def test_batch_num_numbers_each_image(env):
