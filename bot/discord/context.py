@@ -76,3 +76,17 @@ async def user_defaults(bot, user: discord.abc.User) -> Defaults:
     """The user's saved defaults over the bot's (creates the user on first use)."""
     name = getattr(user, "display_name", None) or user.name
     return await asyncio.to_thread(bot.preferences.defaults, user.id, name)
+
+
+async def replied_message(message: discord.Message) -> discord.Message | None:
+    """The message ``message`` replies to (from the cache, else fetched), or None when it
+    replies to nothing or the original cannot be read (deleted, no access)."""
+    ref = message.reference
+    if ref is None or ref.message_id is None:
+        return None
+    if isinstance(ref.resolved, discord.Message):
+        return ref.resolved
+    try:
+        return await message.channel.fetch_message(ref.message_id)
+    except discord.HTTPException:
+        return None

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord import context
+from bot.discord.context import replied_message
 from bot.discord.errors import reported
 from bot.discord.requests import image_attachment
 from bot.discord.status import MessageStatus
@@ -60,7 +61,7 @@ class RemixCog(commands.Cog):
         if me is None or message.author.bot or message.author.id == me.id:
             return
         explicit = re.search(rf"<@!?{me.id}>", message.content or "") is not None
-        target = await self._target(message)
+        target = await replied_message(message)
         replying_to_me = target is not None and target.author.id == me.id
         if not (explicit or (replying_to_me and message.content)):
             return
@@ -98,15 +99,4 @@ class RemixCog(commands.Cog):
             return await message.reply(text, mention_author=False)
         except discord.HTTPException as exc:
             log.info("cannot reply in channel %s: %s", message.channel.id, exc)
-            return None
-
-    async def _target(self, message: discord.Message) -> discord.Message | None:
-        ref = message.reference
-        if ref is None or ref.message_id is None:
-            return None
-        if isinstance(ref.resolved, discord.Message):
-            return ref.resolved
-        try:
-            return await message.channel.fetch_message(ref.message_id)
-        except discord.HTTPException:
             return None

@@ -14,6 +14,7 @@ from bot.discord import context
 from bot.discord.actions import say
 from bot.discord.cogs.workflows import texts
 from bot.discord.cogs.workflows.requests import folder_of, png_request, usable
+from bot.discord.context import replied_message
 from bot.discord.errors import reported
 from bot.discord.requests import image_attachment
 from bot.discord.status import MessageStatus
@@ -207,7 +208,7 @@ class WorkflowsCog(commands.Cog):
         if not getattr(self.bot.settings, "allow_run_from_png", True):
             raise Refused("Running the workflow of an image is turned off on this bot.")
         limits = self.bot.requests.admit(message.author, guild_id)
-        target = await self._target(message)
+        target = await replied_message(message)
         attachment = image_attachment(target) if target is not None else None
         if attachment is None:
             attachment = image_attachment(message)
@@ -223,14 +224,3 @@ class WorkflowsCog(commands.Cog):
         request = png_request(workflow, limits)
         self.bot.gate.check_prompt(request.prompt, request.negative)
         return Submission(request, kind="png-run")
-
-    async def _target(self, message: discord.Message) -> discord.Message | None:
-        ref = message.reference
-        if ref is None or ref.message_id is None:
-            return None
-        if isinstance(ref.resolved, discord.Message):
-            return ref.resolved
-        try:
-            return await message.channel.fetch_message(ref.message_id)
-        except discord.HTTPException:
-            return None
